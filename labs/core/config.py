@@ -1,0 +1,202 @@
+"""params.yaml -> typed, validated config.
+
+Every knob lives in params.yaml, one section per lab. A section may carry `tiers: {t4: {...}, a100: {...}}`:
+the active tier's overrides are merged over the section's defaults (the CPU tier is the defaults). Every
+tier's merged section is validated on every load, so a typo in the a100 overrides fails on a laptop too.
+
+Errors are one line: `params.yaml: sft.lr: expected a number, got 'fast'`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+TIERS = ("cpu", "t4", "a100")
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(Exception):
+    """A bad params.yaml or override; the message is the one line the user sees."""
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a misspelt knob must not silently fall back to its default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    families: list[Literal["add", "compare", "sort", "reverse"]] = ["add", "compare", "sort", "reverse"]
+    sft_per_family: int = Field(2000, gt=0)
+    test_per_family: int = Field(100, gt=0)
+    corpus_per_family: int = Field(3000, gt=0)
+    preference_per_family: int = Field(1000, gt=0)
+    rl_per_family: int = Field(500, gt=0)
+
+
+class PrepareParams(Section):
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+
+
+class TokenizerParams(Section):
+    vocab_size: int = Field(512, ge=64)
+    min_frequency: int = Field(2, ge=1)
+
+
+class ModelShape(Section):
+    """A Llama built from scratch (CPU tier). Sizes are powers of two for fast matmuls."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_kv_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(512, gt=0)
+    max_position_embeddings: int = Field(512, gt=0)
+
+
+class TrainParams(Section):
+    """Knobs shared by every lab that hands a model to a library trainer."""
+
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # -1: run `epochs`; a positive value wins (the HF Trainer convention)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    max_length: int = Field(256, gt=0)
+    save_steps: int = Field(50, gt=0)
+    logging_steps: int = Field(10, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+
+
+class PretrainParams(TrainParams):
+    # None: build a tiny Llama from `model` and train it from scratch (CPU tier). A hub id or a local
+    # directory: start from that model and its tokenizer (GPU tiers), continuing pretraining for
+    # `max_steps` (0 = take the model as it is).
+    base_model: str | None = None
+    model: ModelShape = ModelShape()
+
+
+class SFTParams(TrainParams):
+    max_length: int = Field(128, gt=0)
+
+
+class EvaluateParams(Section):
+    models: list[str] = ["pretrain", "sft"]
+    max_new_tokens: int = Field(48, gt=0)
+    batch_size: int = Field(64, gt=0)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+
+
+class Params(Section):
+    seed: int = 1337
+    tier: Literal["cpu", "t4", "a100"] = "cpu"
+    data: DataParams = DataParams()
+    prepare: PrepareParams = PrepareParams()
+    tokenizer: TokenizerParams = TokenizerParams()
+    pretrain: PretrainParams = PretrainParams()
+    sft: SFTParams = SFTParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(raw: dict, assignment: str, source: str) -> None:
+    """`sft.lr=3e-4` -> raw['sft']['lr'] = 3e-4 (the value is parsed as YAML, like `dvc exp run -S`)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"{source}: '{assignment}': expected KEY=VALUE, e.g. sft.lr=3e-4")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: {key}: '{part}' is not a section")
+    node[leaf] = yaml.safe_load(text)
+
+
+def resolve_tier(raw: dict, tier: str) -> dict:
+    """Each section's `tiers[tier]` merged over its defaults; the `tiers` keys themselves removed."""
+    resolved = {}
+    for name, section in raw.items():
+        if isinstance(section, dict) and "tiers" in section:
+            overrides = section.get("tiers") or {}
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"{PARAMS_FILE}: {name}.tiers: expected a mapping of tier -> overrides")
+            for unknown in set(overrides) - set(TIERS):
+                raise ConfigError(
+                    f"{PARAMS_FILE}: {name}.tiers.{unknown}: unknown tier (expected one of {', '.join(TIERS)})"
+                )
+            base = {k: v for k, v in section.items() if k != "tiers"}
+            section = deep_merge(base, overrides.get(tier) or {})
+        resolved[name] = section
+    return resolved
+
+
+def _explain(error: dict, prefix: str) -> str:
+    loc = ".".join(str(p) for p in error["loc"])
+    where = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+    kind, given = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: missing key"
+    if kind == "literal_error":
+        expected = error["ctx"]["expected"]
+        return f"{where}: expected one of {expected}, got {given!r}"
+    expected = {
+        "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+        "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false",
+        "bool_type": "true or false", "string_type": "a string", "list_type": "a list",
+        "model_type": "a mapping", "dict_type": "a mapping",
+    }.get(kind)
+    if expected:
+        return f"{where}: expected {expected}, got {given!r}"
+    return f"{where}: {error['msg'].lower()}, got {given!r}"
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] = ()) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found (run from the project root, where params.yaml lives)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for assignment in overrides:
+        apply_override(raw, assignment, "override")
+
+    tier = raw.get("tier", "cpu")
+    if tier not in TIERS:
+        raise ConfigError(f"{path}: tier: unknown tier {tier!r} (expected one of {', '.join(TIERS)})")
+
+    active = None
+    for candidate in TIERS:  # validate every tier's view, return the active one
+        try:
+            params = Params.model_validate(resolve_tier(raw, candidate) | {"tier": tier})
+        except ValidationError as exc:
+            suffix = "" if candidate == tier else f" (in the {candidate} tier's overrides)"
+            raise ConfigError(f"{path}: {_explain(exc.errors()[0], '')}{suffix}") from None
+        if candidate == tier:
+            active = params
+    return active

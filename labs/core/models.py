@@ -1,0 +1,130 @@
+"""Tokenizer and model factory: the tiny from-scratch Llama, hub / local loading, dtype and attention per
+tier, and the TrainingArguments every lab shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from labs.core.config import ModelShape, Params, TrainParams
+from labs.core.data import DataError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# One chat template for every model this project trains (and for hub models that ship none).
+# `{% generation %}` marks the assistant's tokens so trainers can mask everything else (assistant_only_loss);
+# the end-of-turn token is EOS, so a model that learned the format stops by itself (GRPO/PPO rely on it).
+END_OF_TURN = "<|end|>"
+SPECIAL_TOKENS = ["<|pad|>", END_OF_TURN, "<|system|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def use_gpu(params: Params) -> bool:
+    return params.tier != "cpu" and torch.cuda.is_available()
+
+
+def device_name(params: Params) -> str:
+    return torch.cuda.get_device_name(0) if use_gpu(params) else "cpu"
+
+
+def require(path: str | Path, marker: str, produced_by: str) -> Path:
+    """`path` if it holds `marker` (e.g. config.json), else a one-line error naming the lab that makes it."""
+    path = Path(path)
+    if not (path / marker).exists():
+        raise DataError(f"{path}: missing {marker} (run `just lab {produced_by}` first)")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    # trust_remote_code stays off: only tokenizers transformers itself implements are loaded.
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if tokenizer.pad_token is None:  # many hub models ship without one; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def load_model(path: str | Path, precision: str = "fp32", attn_implementation: str = "sdpa",
+               training: bool = False):
+    """A causal LM from a local directory or a hub id: safetensors only, no remote code.
+
+    For fp16 training the weights stay fp32: the Trainer's fp16 autocast needs fp32 master weights
+    (fp16 weights fail at gradient unscaling). bf16 trains in bf16 directly.
+    """
+    dtype = torch.float32 if training and precision == "fp16" else DTYPES[precision]
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, attn_implementation=attn_implementation,
+        use_safetensors=True, trust_remote_code=False,
+    )
+
+
+def build_llama(shape: ModelShape, tokenizer, attn_implementation: str = "sdpa") -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=True,  # at this size the embedding is a large share of all parameters
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        attn_implementation=attn_implementation,
+    )
+    return LlamaForCausalLM(config)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def trainer_kwargs(params: Params, train: TrainParams, output_dir: Path) -> dict:
+    """TrainingArguments shared by every trainer (TRL configs accept the same keywords).
+
+    TRL configs default to bf16 and gradient checkpointing: on this CPU bf16 is ~19x slower and
+    checkpointing ~40% slower, so both come from params and are off on the CPU tier.
+    """
+    gpu = use_gpu(params)
+    return dict(
+        output_dir=str(output_dir),
+        seed=params.seed,
+        data_seed=params.seed,
+        full_determinism=not gpu,  # deterministic kernels; on GPU they cost speed, so only on CPU
+        use_cpu=not gpu,
+        bf16=train.precision == "bf16",
+        fp16=train.precision == "fp16",
+        gradient_checkpointing=train.gradient_checkpointing,
+        learning_rate=train.lr,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay,
+        lr_scheduler_type=train.lr_scheduler,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=2,  # enough to resume from; older checkpoints only cost disk
+        eval_strategy="steps",
+        eval_steps=train.save_steps,
+        dataloader_num_workers=0,  # worker processes would change nothing but start-up time here
+        report_to="none",
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",  # for tokens/s in metrics
+    )

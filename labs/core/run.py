@@ -1,0 +1,214 @@
+"""What every run needs: seeds and determinism, atomic outputs, the run card, resumable checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+CHECKPOINT_ROOT = Path(".checkpoints")  # git-ignored, outside DVC outs: DVC deletes outs before a stage runs
+PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "dvc", "llm-lab")
+
+
+def default_threads() -> int:
+    # Two threads is this project's reference machine; results are byte-identical across thread
+    # counts (measured), so LAB_THREADS only changes speed.
+    return int(os.environ.get("LAB_THREADS", min(2, os.cpu_count() or 1)))
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch; on CPU also force deterministic kernels and a fixed thread count."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(default_threads())
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path):
+    """Yield a temporary sibling of `dest`; on success it replaces `dest`, on failure it is removed.
+
+    Works for files and directories; an existing `dest` is untouched unless the block succeeds.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if dest.is_dir() and not dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        _remove(old)
+    else:
+        os.replace(tmp, dest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def git_revision() -> str:
+    """HEAD, with '-dirty' when the code (labs/, pyproject.toml) differs from it.
+
+    Only code counts: dvc.lock and metrics change after every run and would make the card differ.
+    """
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "labs", "pyproject.toml"], capture_output=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def run_card(lab: str, params, section) -> dict:
+    """The facts that make a model reproducible. Only deterministic facts go here, so two runs of the
+    same code and params give byte-identical model directories; wall time, peak memory and device go
+    into `metrics/<lab>.json` (see RunStats)."""
+    return {
+        "lab": lab,
+        "command": f"python -m labs {lab}",
+        "tier": params.tier,
+        "seed": params.seed,
+        "config": section.model_dump(mode="json"),
+        "versions": package_versions(),
+        "git_revision": git_revision(),
+    }
+
+
+def save_run_card(directory: str | Path, lab: str, params, section) -> None:
+    (Path(directory) / "run_card.json").write_text(
+        json.dumps(run_card(lab, params, section), indent=2, sort_keys=True) + "\n"
+    )
+
+
+class RunStats:
+    """Wall time, peak RSS and device of this run, for metrics/<lab>.json."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def as_dict(self, device: str) -> dict:
+        return {
+            "wall_time_s": round(time.perf_counter() - self.started, 1),
+            "peak_rss_mb": peak_rss_mb(),
+            "device": device,
+            "threads": default_threads(),
+        }
+
+
+def fingerprint(config: dict, inputs: list[str | Path]) -> str:
+    """Hash of a run's resolved config and the bytes of its inputs: a checkpoint is only resumed by a run
+    that would have produced it."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for root in inputs:
+        root = Path(root)
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for file in files:
+            digest.update(str(file.relative_to(root) if root.is_dir() else file.name).encode())
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_dir(lab: str, config: dict, inputs: list[str | Path]) -> Path:
+    """`.checkpoints/<lab>/<fingerprint>`; checkpoints of other configs or inputs are dropped."""
+    root = CHECKPOINT_ROOT / lab
+    current = root / fingerprint(config, inputs)
+    if root.exists():
+        for stale in root.iterdir():
+            if stale != current:
+                _remove(stale)
+    current.mkdir(parents=True, exist_ok=True)
+    return current
+
+
+def last_checkpoint(directory: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(directory)) if directory.exists() else None
+
+
+def train_resumable(trainer, checkpoints: Path):
+    """trainer.train(), resuming from the newest checkpoint in `checkpoints` if a killed run left one."""
+    resume = last_checkpoint(checkpoints)
+    if resume:
+        print(f"resuming from {resume}")
+    return trainer.train(resume_from_checkpoint=resume)
+
+
+def save_model(model, tokenizer, out: str | Path, lab: str, params, section) -> None:
+    """Weights (safetensors), tokenizer and run card into `out`, atomically."""
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
+        tokenizer.save_pretrained(tmp)
+        save_run_card(tmp, lab, params, section)
+
+
+def finish_checkpoints(checkpoints: Path) -> None:
+    """A run that completed needs no checkpoints; keeping them would make a forced re-run resume."""
+    _remove(checkpoints)
+
+
+def save_curves(lab: str, log_history: list[dict]) -> Path:
+    """Loss curves from the trainer's log history into plots/<lab>/ through dvclive (DVC plots).
+
+    Written after training from the history the checkpoints carry, so a resumed run's curves are
+    whole; DVC clears plots/<lab>/ before the stage runs, so a live callback would lose the first part.
+    """
+    from dvclive import Live
+
+    out = Path("plots") / lab
+    with atomic_path(out) as tmp:
+        with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False) as live:
+            for entry in log_history:
+                for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"),
+                                  ("learning_rate", "train/learning_rate")):
+                    if key in entry:
+                        live.step = entry["step"]
+                        live.log_metric(name, entry[key])
+        (tmp / "metrics.json").unlink()  # dvclive's summary repeats metrics/<lab>.json; plots only here
+    return out

@@ -1,0 +1,184 @@
+"""data — generate the CPU tier's task world into data/raw (tracked by data.dvc).
+
+    just data            # = python -m labs data && dvc add data/raw
+
+A small world of tasks whose answers can be checked exactly, so every lab can show its effect as
+accuracy and not only as loss. Four families:
+
+    add      What is 23 + 58?                 Ones: 3+8=11, carry 1. Tens: 2+5+1=8. Answer: 81
+    compare  Which is larger: 47 or 29?       Answer: 47
+    sort     Sort ascending: 7 2 9 4          Answer: 2 4 7 9
+    reverse  Reverse the letters: k d a r     Answer: r a d k
+
+Rendered into the data contract (labs/core/data.py): a pretraining corpus written as prose, SFT pairs,
+preference pairs (chosen = correct, rejected = plausibly wrong: a dropped carry, the smaller number, a
+swapped pair) and RL prompts with gold answers. Held-out files (`*_test.jsonl`) are drawn first and no
+other file, the corpus included, contains one of their task instances.
+
+Everything derives from `seed` through string-seeded RNGs, so regenerating gives the same bytes and
+data.dvc holds without a DVC remote. GPU tiers replace these files with real datasets converted by
+`lab convert`.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from labs.core.config import Params
+from labs.core.data import write_jsonl
+from labs.core.run import atomic_path
+
+RAW = Path("data/raw")
+DOCUMENT_LINES = 8  # facts per corpus document: several per block so packing mixes families
+
+
+@dataclass(frozen=True)
+class Task:
+    family: str
+    key: str  # identity of the instance: held-out keys never appear in training files
+    prompt: str
+    steps: str  # worked steps before the answer ("" where the answer needs none)
+    answer: str
+    wrong_steps: str
+    wrong_answer: str
+
+    @property
+    def completion(self) -> str:
+        return f"{self.steps}Answer: {self.answer}"
+
+    @property
+    def wrong_completion(self) -> str:
+        return f"{self.wrong_steps}Answer: {self.wrong_answer}"
+
+
+def make_add(rng: random.Random) -> Task:
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    ones = a % 10 + b % 10
+    carry = ones // 10
+    tens = a // 10 + b // 10 + carry
+    steps = f"Ones: {a % 10}+{b % 10}={ones}, carry {carry}. Tens: {a // 10}+{b // 10}+{carry}={tens}. "
+    # The classic slip: the carry is dropped (or, without a carry, one is invented).
+    slip = 1 - carry
+    wrong_tens = a // 10 + b // 10 + slip
+    wrong_steps = (
+        f"Ones: {a % 10}+{b % 10}={ones}, carry {slip}. Tens: {a // 10}+{b // 10}+{slip}={wrong_tens}. "
+    )
+    return Task("add", f"add:{a}:{b}", f"What is {a} + {b}?", steps, str(a + b),
+                wrong_steps, str(wrong_tens * 10 + ones % 10))
+
+
+def make_compare(rng: random.Random) -> Task:
+    a, b = rng.sample(range(10, 100), 2)
+    return Task("compare", f"compare:{a}:{b}", f"Which is larger: {a} or {b}?", "", str(max(a, b)),
+                "", str(min(a, b)))
+
+
+def make_sort(rng: random.Random) -> Task:
+    digits = rng.sample(range(10), 4)
+    ordered = sorted(digits)
+    i = rng.randrange(3)
+    wrong = ordered[:i] + [ordered[i + 1], ordered[i]] + ordered[i + 2:]
+    show = lambda xs: " ".join(map(str, xs))  # noqa: E731
+    return Task("sort", f"sort:{show(digits)}", f"Sort ascending: {show(digits)}", "", show(ordered),
+                "", show(wrong))
+
+
+def make_reverse(rng: random.Random) -> Task:
+    letters = [rng.choice(string.ascii_lowercase) for _ in range(4)]
+    while letters == letters[::-1]:  # a palindrome's wrong answer would equal its right one
+        letters = [rng.choice(string.ascii_lowercase) for _ in range(4)]
+    backwards = letters[::-1]
+    wrong = backwards[:]
+    wrong[0], wrong[1] = wrong[1], wrong[0]
+    if wrong == backwards:  # swapping two equal letters changes nothing: keep the input order instead
+        wrong = letters
+    return Task("reverse", f"reverse:{''.join(letters)}", f"Reverse the letters: {' '.join(letters)}", "",
+                " ".join(backwards), "", " ".join(wrong))
+
+
+FAMILIES = {"add": make_add, "compare": make_compare, "sort": make_sort, "reverse": make_reverse}
+
+
+def prose(task: Task, rng: random.Random) -> str:
+    """The same fact written as pretraining text, in one of a few phrasings."""
+    if task.family == "add":
+        a, b = task.prompt[len("What is "):-1].split(" + ")
+        return rng.choice([
+            f"{a} plus {b} equals {task.answer}.",
+            f"To add {a} and {b}: {task.steps}The sum is {task.answer}.",
+            f"{a} + {b} = {task.answer}.",
+        ])
+    if task.family == "compare":
+        a, b = task.prompt[len("Which is larger: "):-1].split(" or ")
+        smaller = a if task.answer == b else b
+        return rng.choice([
+            f"{task.answer} is larger than {smaller}.",
+            f"Between {a} and {b}, the larger number is {task.answer}.",
+        ])
+    if task.family == "sort":
+        given = task.prompt[len("Sort ascending: "):]
+        return rng.choice([f"In ascending order, {given} becomes {task.answer}.",
+                           f"Sorted from smallest to largest, {given} is {task.answer}."])
+    given = task.prompt[len("Reverse the letters: "):]
+    return rng.choice([f"{given} reversed is {task.answer}.", f"Backwards, {given} reads {task.answer}."])
+
+
+def draw(family: str, count: int, rng: random.Random, exclude: set[str]) -> list[Task]:
+    """`count` distinct instances of `family` whose keys are not in `exclude`."""
+    tasks, seen = [], set(exclude)
+    for _ in range(count * 1000):
+        task = FAMILIES[family](rng)
+        if task.key not in seen:
+            seen.add(task.key)
+            tasks.append(task)
+            if len(tasks) == count:
+                return tasks
+    raise ValueError(f"params.yaml: data: family {family!r} has too few distinct instances for {count} rows")
+
+
+def generate(params: Params) -> dict[str, list[dict]]:
+    cfg, files = params.data, {}
+    rows = {name: [] for name in ("sft", "sft_test", "preference", "preference_test", "rl", "rl_test")}
+    facts = []
+    for family in cfg.families:
+        rng = lambda purpose, family=family: random.Random(f"{params.seed}:{family}:{purpose}")  # noqa: E731
+        held_out = draw(family, cfg.test_per_family, rng("test"), exclude=set())
+        test_keys = {t.key for t in held_out}
+        # Training pools may overlap each other (as real datasets do) but never the held-out instances.
+        pools = {
+            "sft": draw(family, cfg.sft_per_family, rng("sft"), test_keys),
+            "preference": draw(family, cfg.preference_per_family, rng("preference"), test_keys),
+            "rl": draw(family, cfg.rl_per_family, rng("rl"), test_keys),
+        }
+        for split, tasks in [("", pools), ("_test", dict.fromkeys(pools, held_out))]:
+            for t in tasks["sft"]:
+                rows["sft" + split].append(
+                    {"prompt": t.prompt, "completion": t.completion, "answer": t.answer, "family": family})
+            for t in tasks["preference"]:
+                rows["preference" + split].append({"prompt": t.prompt, "chosen": t.completion,
+                                                   "rejected": t.wrong_completion, "family": family})
+            for t in tasks["rl"]:
+                rows["rl" + split].append({"prompt": t.prompt, "answer": t.answer, "family": family})
+        prose_rng = rng("corpus")
+        facts += [prose(t, prose_rng) for t in draw(family, cfg.corpus_per_family, rng("corpus"), test_keys)]
+
+    random.Random(f"{params.seed}:corpus-order").shuffle(facts)
+    files["corpus"] = [{"text": "\n".join(facts[i:i + DOCUMENT_LINES])}
+                       for i in range(0, len(facts), DOCUMENT_LINES)]
+    for name, items in rows.items():
+        random.Random(f"{params.seed}:{name}-order").shuffle(items)
+        files[name] = items
+    return files
+
+
+def run(params: Params) -> dict:
+    counts = {}
+    with atomic_path(RAW) as tmp:  # all files or none: a failure keeps the previous data/raw whole
+        tmp.mkdir()
+        for name, rows in generate(params).items():
+            counts[name] = write_jsonl(tmp / f"{name}.jsonl", rows)
+    print(f"data: wrote {', '.join(f'{n}={c}' for n, c in counts.items())} rows to {RAW}/")
+    return {}  # the data lab records nothing but its files: data.dvc holds their hash

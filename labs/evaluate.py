@@ -1,0 +1,56 @@
+"""evaluate — one table comparing every model of the curriculum on held-out data.
+
+    just lab evaluate    # dvc repro evaluate
+
+For each model in `evaluate.models` (a directory under models/):
+  * exact-match per task family on the held-out SFT prompts (greedy, chat-formatted, answer after
+    "Answer:" must equal the gold answer),
+  * perplexity of the held-out answers given their prompts (chat-formatted, answer tokens only),
+  * perplexity of held-out corpus text (plain language modelling; shows what fine-tuning costs there).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labs.core.config import Params
+from labs.core.data import read_jsonl
+from labs.core.evaluation import exact_match, generate, perplexity
+from labs.core.models import count_parameters, load_model, load_tokenizer, require
+
+PREPARED, MODELS = Path("data/prepared"), Path("models")
+
+
+def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[str]) -> dict:
+    cfg = params.evaluate
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, cfg.precision)
+    completions = generate(model, tokenizer, [r["prompt"] for r in test], cfg.max_new_tokens, cfg.batch_size)
+    return {
+        "parameters": count_parameters(model),
+        "exact_match": exact_match(test, completions),
+        "answer_perplexity": perplexity(model, tokenizer, [r["completion"] for r in test],
+                                        prompts=[r["prompt"] for r in test]),
+        "corpus_perplexity": perplexity(model, tokenizer, corpus),
+        "sample": {"prompt": test[0]["prompt"], "completion": completions[0]},
+    }
+
+
+def table(results: dict[str, dict]) -> str:
+    families = sorted({f for r in results.values() for f in r["exact_match"]} - {"overall"}) + ["overall"]
+    head = ["model", *[f"EM {f}" for f in families], "answer ppl", "corpus ppl"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        cells = [name, *[f"{r['exact_match'].get(f, float('nan')):.1f}" for f in families],
+                 f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(params: Params) -> dict:
+    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    corpus = [r["text"] for r in read_jsonl(PREPARED / "corpus_val.jsonl", "text")]
+    paths = {name: require(MODELS / name, "config.json", name) for name in params.evaluate.models}
+    results = {name: evaluate_model(path, params, test, corpus) for name, path in paths.items()}
+    print(table(results))
+    return {"models": results}

@@ -1,0 +1,45 @@
+"""prepare — validate data/raw against the data contract and carve validation splits into data/prepared.
+
+    just lab prepare     # dvc repro prepare
+
+Every row of every raw file is checked (a bad row stops with `FILE:LINE: what was expected`). Each
+training file is split into train / val by a hash of its row, so the split is stable when rows are
+added or reordered; the held-out `*_test` files pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from labs.core.config import Params
+from labs.core.data import read_jsonl, write_jsonl
+from labs.core.run import atomic_path
+
+RAW, PREPARED = Path("data/raw"), Path("data/prepared")
+# raw file -> (contract kind, has a held-out *_test file)
+FILES = {"corpus": ("text", False), "sft": ("sft", True), "preference": ("preference", True),
+         "rl": ("rl", True)}
+
+
+def is_validation(row: dict, fraction: float) -> bool:
+    digest = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def run(params: Params) -> dict:
+    counts = {}
+    with atomic_path(PREPARED) as tmp:
+        tmp.mkdir()
+        for name, (kind, has_test) in FILES.items():
+            rows = read_jsonl(RAW / f"{name}.jsonl", kind)
+            val = [r for r in rows if is_validation(r, params.prepare.val_fraction)]
+            train = [r for r in rows if not is_validation(r, params.prepare.val_fraction)]
+            counts[f"{name}_train"] = write_jsonl(tmp / f"{name}_train.jsonl", train)
+            counts[f"{name}_val"] = write_jsonl(tmp / f"{name}_val.jsonl", val)
+            if has_test:
+                test = read_jsonl(RAW / f"{name}_test.jsonl", kind)
+                counts[f"{name}_test"] = write_jsonl(tmp / f"{name}_test.jsonl", test)
+    print("prepare: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return {"rows": counts}

@@ -1,0 +1,80 @@
+"""pretrain — causal-LM pretraining of a tiny Llama from scratch on the task world's corpus.
+
+    just lab pretrain    # dvc repro pretrain
+
+The corpus states the task world's facts in prose ("23 plus 58 equals 81."), never in the chat format,
+so the base model knows the facts but not how to answer a question: that is what `sft` teaches.
+Documents are packed end to end into `max_length` blocks (TRL's "wrapped" packing: the default "bfd"
+was measured 2-3x slower here and truncates long documents).
+
+GPU tiers set `pretrain.base_model` to a hub id (or a local directory): that model and its tokenizer are
+the base, continued-pretrained for `max_steps` (0 = used as it is).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from labs.core.config import Params
+from labs.core.data import read_jsonl
+from labs.core.models import (
+    build_llama,
+    count_parameters,
+    load_model,
+    load_tokenizer,
+    require,
+    trainer_kwargs,
+)
+from labs.core.run import checkpoint_dir, finish_checkpoints, save_curves, save_model, train_resumable
+
+PREPARED, OUT = Path("data/prepared"), Path("models/pretrain")
+
+
+def run(params: Params) -> dict:
+    cfg = params.pretrain
+    if cfg.base_model:
+        tokenizer = load_tokenizer(cfg.base_model)
+        model = load_model(cfg.base_model, cfg.precision, cfg.attn_implementation, training=True)
+    else:
+        tokenizer = load_tokenizer(require(Path("models/tokenizer"), "tokenizer.json", "tokenizer"))
+        model = build_llama(cfg.model, tokenizer, cfg.attn_implementation)
+    n_params = count_parameters(model)
+    print(f"pretrain: {n_params / 1e6:.2f}M parameters, base={cfg.base_model or 'from scratch'}")
+
+    train = Dataset.from_list(read_jsonl(PREPARED / "corpus_train.jsonl", "text"))
+    val = Dataset.from_list(read_jsonl(PREPARED / "corpus_val.jsonl", "text"))
+    checkpoints = checkpoint_dir("pretrain", params.model_dump(include={"seed", "tier", "pretrain"}),
+                                 [PREPARED / "corpus_train.jsonl", PREPARED / "corpus_val.jsonl",
+                                  Path("models/tokenizer")])
+    args = SFTConfig(
+        **trainer_kwargs(params, cfg, checkpoints),
+        max_length=cfg.max_length,
+        packing=True,
+        packing_strategy="wrapped",
+        dataset_text_field="text",
+        completion_only_loss=False,  # plain text: every token is a target
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                         processing_class=tokenizer)
+
+    metrics = {"parameters": n_params, "base_model": cfg.base_model or "scratch"}
+    metrics["val_loss_before"] = round(trainer.evaluate()["eval_loss"], 4)
+    if cfg.base_model is None or cfg.max_steps != 0:
+        result = train_resumable(trainer, checkpoints)
+        metrics["train_loss"] = round(result.training_loss, 4)
+        metrics["train_tokens_per_s"] = round(
+            trainer.state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9), 1)
+        metrics["steps"] = trainer.state.global_step
+    metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+    metrics["val_perplexity"] = round(math.exp(metrics["val_loss"]), 3)
+
+    save_model(trainer.model, tokenizer, OUT, "pretrain", params, cfg)
+    save_curves("pretrain", trainer.state.log_history)
+    finish_checkpoints(checkpoints)
+    print(f"pretrain: val loss {metrics['val_loss_before']} -> {metrics['val_loss']}")
+    return metrics
+

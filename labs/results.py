@@ -1,0 +1,62 @@
+"""Regenerate the README's results table from metrics/ (never typed by hand).
+
+    just results                      # rewrite the table between the markers in README.md
+    python -m labs.results --check    # exit 1 if README.md is out of date with metrics/
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def render(metrics_dir: Path = Path("metrics")) -> str:
+    evaluation = json.loads((metrics_dir / "evaluate.json").read_text())["models"]
+    families = sorted({f for r in evaluation.values() for f in r["exact_match"]} - {"overall"})
+    head = ["model", "params", *[f"EM {f} %" for f in families], "EM overall %", "answer ppl", "corpus ppl"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in evaluation.items():
+        em = r["exact_match"]
+        rows.append("| " + " | ".join([
+            f"`{name}`", f"{r['parameters'] / 1e6:.2f}M", *[f"{em[f]:.1f}" for f in families],
+            f"**{em['overall']:.1f}**", f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}",
+        ]) + " |")
+    lines = [*rows, ""]
+    for lab in ("pretrain", "sft"):
+        path = metrics_dir / f"{lab}.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            lines.append(f"- `{lab}`: validation loss {m['val_loss_before']} → {m['val_loss']} in "
+                         f"{m['steps']} steps, {m['run']['wall_time_s']} s on {m['run']['device']} "
+                         f"({m['run']['threads']} threads, peak RSS {m['run']['peak_rss_mb']} MB).")
+    return "\n".join(lines)
+
+
+def updated(readme: str, table: str) -> str:
+    head, _, rest = readme.partition(START)
+    _, _, tail = rest.partition(END)
+    return f"{head}{START}\n{table}\n{END}{tail}"
+
+
+def main(argv: list[str]) -> int:
+    readme_path = Path("README.md")
+    readme = readme_path.read_text()
+    if START not in readme or END not in readme:
+        print(f"error: README.md: markers {START} / {END} not found", file=sys.stderr)
+        return 2
+    new = updated(readme, render())
+    if "--check" in argv:
+        if new != readme:
+            print("error: README.md results are stale: run `just results`", file=sys.stderr)
+            return 1
+        return 0
+    readme_path.write_text(new)
+    print("README.md: results table regenerated from metrics/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,89 @@
+"""The front door: `lab` and `just` list labs, explain them, and refuse bad input in one line."""
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT, lab, run
+
+
+def test_lab_lists_every_stage_of_the_pipeline():
+    listed = lab("names", cwd=ROOT).stdout.split()
+    dvc_stages = [line.strip()[:-1] for line in (ROOT / "dvc.yaml").read_text().splitlines()
+                  if line.startswith("  ") and not line.startswith("   ") and line.strip().endswith(":")]
+    assert set(dvc_stages) <= set(listed) and "data" in listed
+    assert "sft" in run(["just", "labs"], cwd=ROOT).stdout
+
+
+def test_lab_help_documents_the_lab():
+    out = lab("sft", "--help", cwd=ROOT).stdout
+    assert "SFTTrainer" in out and "dvc exp run -S" in out and "--set" in out
+
+
+def test_unknown_lab_is_one_line_and_exit_2():
+    proc = lab("sftt", cwd=ROOT, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: unknown lab 'sftt' (expected one of: data, prepare")
+    proc = run(["just", "lab", "sftt"], cwd=ROOT, check=False)
+    assert proc.returncode != 0 and "error: unknown lab 'sftt'" in proc.stderr
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("prepare.val_fraction=lots", "error: params.yaml: prepare.val_fraction: expected a number, got 'lots'"),
+    ("prepare.val_fractoin=0.1", "error: params.yaml: prepare.val_fractoin: unknown key"),
+    ("tier=tpu", "error: params.yaml: tier: unknown tier 'tpu'"),
+])
+def test_bad_params_leave_outputs_untouched(workspace, override, expected):
+    before = {p: p.read_bytes() for p in sorted((workspace / "data/prepared").iterdir())}
+    metrics = (workspace / "metrics/prepare.json").read_bytes()
+    proc = lab("prepare", "-S", override, cwd=workspace, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(expected)
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in sorted((workspace / "data/prepared").iterdir())} == before
+    assert (workspace / "metrics/prepare.json").read_bytes() == metrics
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"prompt": "What is 1 + 2?", "completion": ', 'not valid JSON'),
+    ('{"prompt": "What is 1 + 2?"}', 'missing field "completion" (sft schema)'),
+    ('{"prompt": "What is 1 + 2?", "completion": 3}', 'field "completion" must be a string, got int'),
+])
+def test_bad_raw_row_names_file_and_line_and_keeps_prepared_data(workspace, line, expected):
+    raw = workspace / "data/raw/sft.jsonl"
+    rows = raw.read_text().splitlines()
+    rows[6] = line
+    raw.write_text("\n".join(rows) + "\n")
+    before = {p: p.read_bytes() for p in sorted((workspace / "data/prepared").iterdir())}
+    proc = lab("prepare", cwd=workspace, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: data/raw/sft.jsonl:7: {expected}")
+    assert {p: p.read_bytes() for p in sorted((workspace / "data/prepared").iterdir())} == before
+
+
+def test_missing_upstream_model_is_named(workspace):
+    proc = lab("sft", cwd=workspace, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: models/pretrain: missing config.json (run `just lab pretrain` first)"
+
+
+def test_held_out_instances_never_appear_in_training_files(workspace):
+    raw = workspace / "data/raw"
+    test_prompts = {json.loads(x)["prompt"] for x in (raw / "sft_test.jsonl").read_text().splitlines()}
+    train_prompts = {json.loads(x)["prompt"] for name in ("sft", "preference", "rl")
+                     for x in (raw / f"{name}.jsonl").read_text().splitlines()}
+    assert test_prompts and not test_prompts & train_prompts
+    corpus = (raw / "corpus.jsonl").read_text()
+    for prompt in test_prompts:  # "What is 23 + 58?" -> the corpus must not state "23 + 58" or "23 plus 58"
+        if prompt.startswith("What is"):
+            a, b = prompt[8:-1].split(" + ")
+            assert f"{a} + {b} =" not in corpus and f"{a} plus {b} equals" not in corpus
+
+
+def test_readme_results_are_generated_from_committed_metrics():
+    proc = run([__import__("sys").executable, "-m", "labs.results", "--check"], cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "just test" in (ROOT / ".ci/run").read_text()
+    assert "just test" in (ROOT / "README.md").read_text()

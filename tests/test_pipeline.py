@@ -1,0 +1,97 @@
+"""The spine end to end on a tiny model: real CLI, real DVC, asserting each lab's effect."""
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lab, run
+
+pytestmark = pytest.mark.slow
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_every_stage_leaves_its_outputs(built):
+    for model in ("tokenizer", "pretrain", "sft"):
+        assert (built / "models" / model / "tokenizer.json").exists()
+    for model in ("pretrain", "sft"):
+        files = {p.name for p in (built / "models" / model).iterdir()}
+        assert {"model.safetensors", "config.json", "run_card.json", "chat_template.jinja"} <= files
+        assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files), "safetensors only"
+    card = load(built / "models/sft/run_card.json")
+    assert card["tier"] == "cpu" and card["seed"] == 1337 and card["config"]["lr"] == 3e-3
+    assert {"torch", "transformers", "trl", "peft", "datasets", "dvc"} <= set(card["versions"])
+    assert card["git_revision"]
+    run_stats = load(built / "metrics/sft.json")["run"]
+    assert run_stats["wall_time_s"] > 0 and run_stats["peak_rss_mb"] > 50 and run_stats["device"] == "cpu"
+    assert not (built / ".checkpoints/sft").exists(), "a finished run leaves no checkpoints to resume from"
+
+
+def test_pretraining_lowers_validation_loss(built):
+    metrics = load(built / "metrics/pretrain.json")
+    assert metrics["val_loss"] < 0.6 * metrics["val_loss_before"]
+
+
+def test_sft_lowers_loss_and_raises_exact_match_over_the_base(built):
+    sft = load(built / "metrics/sft.json")
+    assert sft["val_loss"] < 0.5 * sft["val_loss_before"]
+    table = load(built / "metrics/evaluate.json")["models"]
+    base, tuned = table["pretrain"]["exact_match"], table["sft"]["exact_match"]
+    assert set(tuned) == {"add", "reverse", "overall"}
+    assert tuned["overall"] >= base["overall"] + 20, (base, tuned)
+    assert table["sft"]["answer_perplexity"] < table["pretrain"]["answer_perplexity"]
+    assert tuned == sft["exact_match"], "evaluate and sft measure the same model the same way"
+
+
+def test_sft_model_ends_its_turn_with_eos(built):
+    sample = load(built / "metrics/evaluate.json")["models"]["sft"]["sample"]
+    assert "Answer:" in sample["completion"] and len(sample["completion"]) < 80
+
+
+def test_dvc_repro_right_after_is_a_noop(built):
+    start = time.perf_counter()
+    proc = run(["dvc", "repro"], cwd=built)
+    assert "didn't change, skipping" in proc.stdout or "up to date" in proc.stdout
+    assert "Running stage" not in proc.stdout
+    assert time.perf_counter() - start < 30
+    assert "up to date" in run(["dvc", "status"], cwd=built).stdout
+
+
+def test_data_regenerates_the_same_bytes(built):
+    recorded = (built / "data.dvc").read_text()
+    run(["just", "data"], cwd=built)
+    assert (built / "data.dvc").read_text() == recorded
+
+
+def test_killed_sft_resumes_to_the_same_model(built):
+    """kill -9 mid-training, run again: it resumes from the checkpoint and ends byte-identical to the
+    uninterrupted run that `dvc repro` made (which also shows two runs give the same weights)."""
+    reference = sha(built / "models/sft/model.safetensors")
+    reference_em = load(built / "metrics/sft.json")["exact_match"]
+    proc = subprocess.Popen([sys.executable, "-m", "labs", "sft"], cwd=built,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((built / ".checkpoints/sft").glob("*/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.5)
+    time.sleep(1)  # let the checkpoint finish writing before the kill
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert sha(built / "models/sft/model.safetensors") == reference, "a killed run must not touch outputs"
+
+    resumed = lab("sft", cwd=built)
+    assert "resuming from" in resumed.stdout
+    assert sha(built / "models/sft/model.safetensors") == reference
+    assert load(built / "metrics/sft.json")["exact_match"] == reference_em

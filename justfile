@@ -31,7 +31,7 @@ lab NAME: _data
 # regenerate the task world into data/raw and record its hash in data.dvc
 data:
     python -m labs data
-    dvc add --quiet data/raw
+    dvc commit --force --quiet data.dvc
 
 # the whole curriculum through DVC
 repro: _data

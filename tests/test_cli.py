@@ -66,6 +66,13 @@ def test_missing_upstream_model_is_named(workspace):
     assert proc.stderr.strip() == "error: models/pretrain: missing config.json (run `just lab pretrain` first)"
 
 
+def test_unloadable_base_model_is_one_line(workspace):
+    proc = lab("pretrain", "-S", "pretrain.base_model=no-such-org/no-such-model", cwd=workspace, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: no-such-org/no-such-model: cannot load a model or tokenizer")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_held_out_instances_never_appear_in_training_files(workspace):
     raw = workspace / "data/raw"
     test_prompts = {json.loads(x)["prompt"] for x in (raw / "sft_test.jsonl").read_text().splitlines()}

@@ -60,6 +60,12 @@ def test_bad_params_give_one_line_naming_the_key(tmp_path, text, expected):
     assert message.startswith(expected) and "\n" not in message
 
 
+def test_command_line_override_wins_over_the_tier_override(tmp_path):
+    path = write(tmp_path, "pretrain:\n  base_model: null\n  tiers:\n    t4: {base_model: org/hub-model}\n")
+    assert load_params(path, ["tier=t4"]).pretrain.base_model == "org/hub-model"
+    assert load_params(path, ["tier=t4", "pretrain.base_model=./local"]).pretrain.base_model == "./local"
+
+
 def test_malformed_override_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_params(write(tmp_path, "seed: 1\n"), ["sft.lr"])

@@ -192,8 +192,12 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] = ()) -> Pa
 
     active = None
     for candidate in TIERS:  # validate every tier's view, return the active one
+        resolved = resolve_tier(raw, candidate)
+        for assignment in overrides:  # command-line overrides win over the tier's overrides too
+            if ".tiers." not in assignment.partition("=")[0]:
+                apply_override(resolved, assignment, "override")
         try:
-            params = Params.model_validate(resolve_tier(raw, candidate) | {"tier": tier})
+            params = Params.model_validate(resolved | {"tier": tier})
         except ValidationError as exc:
             suffix = "" if candidate == tier else f" (in the {candidate} tier's overrides)"
             raise ConfigError(f"{path}: {_explain(exc.errors()[0], '')}{suffix}") from None

@@ -46,9 +46,17 @@ def require(path: str | Path, marker: str, produced_by: str) -> Path:
     return path
 
 
+def _unloadable(path, exc: OSError) -> DataError:
+    where = "local directory" if Path(path).is_dir() else "local directory nor a hub model that could be fetched"
+    return DataError(f"{path}: cannot load a model or tokenizer (not a complete {where}: {str(exc).splitlines()[0]})")
+
+
 def load_tokenizer(path: str | Path):
     # trust_remote_code stays off: only tokenizers transformers itself implements are loaded.
-    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except OSError as exc:
+        raise _unloadable(path, exc) from None
     if tokenizer.pad_token is None:  # many hub models ship without one; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -64,10 +72,13 @@ def load_model(path: str | Path, precision: str = "fp32", attn_implementation: s
     (fp16 weights fail at gradient unscaling). bf16 trains in bf16 directly.
     """
     dtype = torch.float32 if training and precision == "fp16" else DTYPES[precision]
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation,
-        use_safetensors=True, trust_remote_code=False,
-    )
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, attn_implementation=attn_implementation,
+            use_safetensors=True, trust_remote_code=False,
+        )
+    except OSError as exc:
+        raise _unloadable(path, exc) from None
 
 
 def build_llama(shape: ModelShape, tokenizer, attn_implementation: str = "sdpa") -> LlamaForCausalLM:

@@ -194,21 +194,21 @@ def finish_checkpoints(checkpoints: Path) -> None:
 
 
 def save_curves(lab: str, log_history: list[dict]) -> Path:
-    """Loss curves from the trainer's log history into plots/<lab>/ through dvclive (DVC plots).
+    """Loss curves from the trainer's log history into plots/<lab>/metrics/ as DVC plots (TSV).
 
-    Written after training from the history the checkpoints carry, so a resumed run's curves are
-    whole; DVC clears plots/<lab>/ before the stage runs, so a live callback would lose the first part.
+    Written after training from the history the checkpoints carry, so a resumed run's curves are whole
+    (DVC clears plots/<lab>/ before the stage runs, so a live callback would lose the first part). The
+    writer is dvclive's own Metric; its Live session is not used because it opens the DVC repo and git
+    (slow, and it fails in a repository without commits).
     """
-    from dvclive import Live
+    from dvclive.plots import Metric
 
     out = Path("plots") / lab
     with atomic_path(out) as tmp:
-        with Live(dir=str(tmp), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False) as live:
+        for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"), ("learning_rate", "train/lr")):
+            curve = Metric(name, str(tmp))
             for entry in log_history:
-                for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"),
-                                  ("learning_rate", "train/learning_rate")):
-                    if key in entry:
-                        live.step = entry["step"]
-                        live.log_metric(name, entry[key])
-        (tmp / "metrics.json").unlink()  # dvclive's summary repeats metrics/<lab>.json; plots only here
+                if key in entry:
+                    curve.step = entry["step"]
+                    curve.dump(entry[key])
     return out

@@ -5,6 +5,7 @@
 For each model in `evaluate.models` (a directory under models/):
   * exact-match per task family on the held-out SFT prompts (greedy, chat-formatted, answer after
     "Answer:" must equal the gold answer),
+  * EOS rate: the share of those completions that ended their turn before `max_new_tokens`,
   * perplexity of the held-out answers given their prompts (chat-formatted, answer tokens only),
   * perplexity of held-out corpus text (plain language modelling; shows what fine-tuning costs there).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from labs.core.config import Params
 from labs.core.data import read_jsonl
-from labs.core.evaluation import exact_match, generate, perplexity
+from labs.core.evaluation import exact_match, generate, percent, perplexity
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
@@ -25,10 +26,11 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
     cfg = params.evaluate
     tokenizer = load_tokenizer(path)
     model = load_model(path, cfg.precision)
-    completions = generate(model, tokenizer, [r["prompt"] for r in test], cfg.max_new_tokens, cfg.batch_size)
+    completions, ended = generate(model, tokenizer, [r["prompt"] for r in test], cfg.max_new_tokens, cfg.batch_size)
     return {
         "parameters": count_parameters(model),
         "exact_match": exact_match(test, completions),
+        "eos_rate": percent(ended),
         "answer_perplexity": perplexity(model, tokenizer, [r["completion"] for r in test],
                                         prompts=[r["prompt"] for r in test]),
         "corpus_perplexity": perplexity(model, tokenizer, corpus),
@@ -38,10 +40,10 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
 
 def table(results: dict[str, dict]) -> str:
     families = sorted({f for r in results.values() for f in r["exact_match"]} - {"overall"}) + ["overall"]
-    head = ["model", *[f"EM {f}" for f in families], "answer ppl", "corpus ppl"]
+    head = ["model", *[f"EM {f}" for f in families], "EOS %", "answer ppl", "corpus ppl"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
-        cells = [name, *[f"{r['exact_match'].get(f, float('nan')):.1f}" for f in families],
+        cells = [name, *[f"{r['exact_match'].get(f, float('nan')):.1f}" for f in families], f"{r['eos_rate']:.1f}",
                  f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

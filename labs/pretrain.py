@@ -64,11 +64,7 @@ def run(params: Params) -> dict:
     metrics = {"parameters": n_params, "base_model": cfg.base_model or "scratch"}
     metrics["val_loss_before"] = round(trainer.evaluate()["eval_loss"], 4)
     if cfg.base_model is None or cfg.max_steps != 0:
-        result = train_resumable(trainer, checkpoints)
-        metrics["train_loss"] = round(result.training_loss, 4)
-        metrics["train_tokens_per_s"] = round(
-            trainer.state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9), 1)
-        metrics["steps"] = trainer.state.global_step
+        metrics |= train_resumable(trainer, checkpoints)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
     metrics["val_perplexity"] = round(math.exp(metrics["val_loss"]), 3)
 

@@ -18,7 +18,7 @@ from trl import SFTConfig, SFTTrainer
 
 from labs.core.config import Params
 from labs.core.data import read_jsonl
-from labs.core.evaluation import exact_match, generate
+from labs.core.evaluation import exact_match, generate, percent
 from labs.core.models import load_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, save_curves, save_model, train_resumable
 
@@ -55,17 +55,14 @@ def run(params: Params) -> dict:
                          processing_class=tokenizer)
 
     metrics = {"val_loss_before": round(trainer.evaluate()["eval_loss"], 4)}
-    result = train_resumable(trainer, checkpoints)
+    metrics |= train_resumable(trainer, checkpoints)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
-    metrics["train_loss"] = round(result.training_loss, 4)
-    metrics["steps"] = trainer.state.global_step
-    metrics["train_tokens_per_s"] = round(
-        trainer.state.num_input_tokens_seen / max(result.metrics["train_runtime"], 1e-9), 1)
 
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
-    completions = generate(trainer.model, tokenizer, [r["prompt"] for r in test],
-                           params.evaluate.max_new_tokens, params.evaluate.batch_size)
+    completions, ended = generate(trainer.model, tokenizer, [r["prompt"] for r in test],
+                                  params.evaluate.max_new_tokens, params.evaluate.batch_size)
     metrics["exact_match"] = exact_match(test, completions)
+    metrics["eos_rate"] = percent(ended)
 
     save_model(trainer.model, tokenizer, OUT, "sft", params, cfg)
     save_curves("sft", trainer.state.log_history)

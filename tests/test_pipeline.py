@@ -56,8 +56,9 @@ def test_sft_lowers_loss_and_raises_exact_match_over_the_base(built):
 
 
 def test_sft_model_ends_its_turn_with_eos(built):
-    sample = load(built / "metrics/evaluate.json")["models"]["sft"]["sample"]
-    assert "Answer:" in sample["completion"] and len(sample["completion"]) < 80
+    """The RL labs sample from the SFT model: it must stop by itself, where the base model rambles on."""
+    table = load(built / "metrics/evaluate.json")["models"]
+    assert table["sft"]["eos_rate"] >= 95 and table["pretrain"]["eos_rate"] < 50, table
 
 
 def test_dvc_repro_right_after_is_a_noop(built):

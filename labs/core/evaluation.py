@@ -21,11 +21,13 @@ def extract_answer(completion: str) -> str | None:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy completions of chat-formatted `prompts`, stopping at the end-of-turn token."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int
+             ) -> tuple[list[str], list[bool]]:
+    """Greedy completions of chat-formatted `prompts`, and whether each ended its turn with EOS before
+    `max_new_tokens` (RL labs sample from the SFT model and need it to stop by itself)."""
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     model.eval()
-    completions = []
+    completions, ended = [], []
     for start in range(0, len(prompts), batch_size):
         chats = [[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]]
         texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
@@ -36,7 +38,12 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         )
         new_tokens = output[:, batch["input_ids"].shape[1]:]
         completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    return completions
+        ended += (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
+    return completions, ended
+
+
+def percent(flags: list[bool]) -> float:
+    return round(100 * sum(flags) / max(len(flags), 1), 2)
 
 
 def exact_match(rows: list[dict], completions: list[str]) -> dict[str, float]:

@@ -172,12 +172,19 @@ def last_checkpoint(directory: Path) -> str | None:
     return get_last_checkpoint(str(directory)) if directory.exists() else None
 
 
-def train_resumable(trainer, checkpoints: Path):
-    """trainer.train(), resuming from the newest checkpoint in `checkpoints` if a killed run left one."""
+def train_resumable(trainer, checkpoints: Path) -> dict:
+    """trainer.train(), resuming from the newest checkpoint in `checkpoints` if a killed run left one.
+    Returns what every training lab reports: final train loss, optimizer steps, tokens per second."""
     resume = last_checkpoint(checkpoints)
     if resume:
         print(f"resuming from {resume}")
-    return trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = max(result.metrics["train_runtime"], 1e-9)
+    return {
+        "train_loss": round(result.training_loss, 4),
+        "steps": trainer.state.global_step,
+        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1),
+    }
 
 
 def save_model(model, tokenizer, out: str | Path, lab: str, params, section) -> None:

@@ -167,9 +167,22 @@ def checkpoint_dir(lab: str, config: dict, inputs: list[str | Path]) -> Path:
 
 
 def last_checkpoint(directory: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint in `directory`; partial ones (a kill during saving) are removed.
 
-    return get_last_checkpoint(str(directory)) if directory.exists() else None
+    The Trainer writes a checkpoint in place and its trainer_state.json last, so a checkpoint is whole
+    exactly when that file parses. (transformers' get_last_checkpoint takes the highest number, whole or not.)
+    """
+    if not directory.exists():
+        return None
+    by_step = sorted(directory.glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2]), reverse=True)
+    for candidate in by_step:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+            return str(candidate)
+        except (OSError, ValueError):
+            print(f"dropping incomplete checkpoint {candidate}")
+            _remove(candidate)
+    return None
 
 
 def train_resumable(trainer, checkpoints: Path) -> dict:

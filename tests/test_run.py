@@ -1,0 +1,31 @@
+"""Run helpers: resumable checkpoints, fingerprints."""
+
+import json
+
+from labs.core.run import checkpoint_dir, last_checkpoint
+
+
+def test_last_checkpoint_skips_and_drops_a_partial_one(tmp_path):
+    for step, whole in ((50, True), (100, True), (150, False)):
+        path = tmp_path / f"checkpoint-{step}"
+        path.mkdir()
+        (path / "model.safetensors").write_bytes(b"weights")
+        if whole:
+            (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-200").mkdir()
+    (tmp_path / "checkpoint-200" / "trainer_state.json").write_text('{"global_st')  # killed mid-write
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-100")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-100", "checkpoint-50"]
+    assert last_checkpoint(tmp_path / "absent") is None
+
+
+def test_checkpoints_of_another_config_or_input_are_not_resumed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "a"}\n')
+    first = checkpoint_dir("sft", {"lr": 1e-3}, [data])
+    assert checkpoint_dir("sft", {"lr": 1e-3}, [data]) == first
+    other = checkpoint_dir("sft", {"lr": 2e-3}, [data])
+    assert other != first and not first.exists(), "a stale config's checkpoints are dropped"
+    data.write_text('{"text": "b"}\n')
+    assert checkpoint_dir("sft", {"lr": 2e-3}, [data]) != other

@@ -29,7 +29,7 @@ from labs.core.models import (
     require,
     trainer_kwargs,
 )
-from labs.core.run import checkpoint_dir, finish_checkpoints, save_curves, save_model, train_resumable
+from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
 
 PREPARED, OUT = Path("data/prepared"), Path("models/pretrain")
 
@@ -58,17 +58,18 @@ def run(params: Params) -> dict:
         dataset_text_field="text",
         completion_only_loss=False,  # plain text: every token is a target
     )
+    card = run_card("pretrain", params, cfg)  # saved with every checkpoint and with the final model
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer)
 
     metrics = {"parameters": n_params, "base_model": cfg.base_model or "scratch"}
     metrics["val_loss_before"] = round(trainer.evaluate()["eval_loss"], 4)
     if cfg.base_model is None or cfg.max_steps != 0:
-        metrics |= train_resumable(trainer, checkpoints)
+        metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
     metrics["val_perplexity"] = round(math.exp(metrics["val_loss"]), 3)
 
-    save_model(trainer.model, tokenizer, OUT, "pretrain", params, cfg)
+    save_model(trainer.model, tokenizer, OUT, card)
     save_curves("pretrain", trainer.state.log_history)
     finish_checkpoints(checkpoints)
     print(f"pretrain: val loss {metrics['val_loss_before']} -> {metrics['val_loss']}")

@@ -20,7 +20,7 @@ from labs.core.config import Params
 from labs.core.data import read_jsonl
 from labs.core.evaluation import exact_match, generate, percent
 from labs.core.models import load_model, load_tokenizer, require, trainer_kwargs
-from labs.core.run import checkpoint_dir, finish_checkpoints, save_curves, save_model, train_resumable
+from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
 
 PREPARED, BASE, OUT = Path("data/prepared"), Path("models/pretrain"), Path("models/sft")
 
@@ -51,11 +51,12 @@ def run(params: Params) -> dict:
         completion_only_loss=True,  # prompt tokens -> -100
         packing=False,  # one short chat per row; padding-free packing was measured 2-3x slower on CPU
     )
+    card = run_card("sft", params, cfg)  # saved with every checkpoint and with the final model
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
                          processing_class=tokenizer)
 
     metrics = {"val_loss_before": round(trainer.evaluate()["eval_loss"], 4)}
-    metrics |= train_resumable(trainer, checkpoints)
+    metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
 
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
@@ -64,7 +65,7 @@ def run(params: Params) -> dict:
     metrics["exact_match"] = exact_match(test, completions)
     metrics["eos_rate"] = percent(ended)
 
-    save_model(trainer.model, tokenizer, OUT, "sft", params, cfg)
+    save_model(trainer.model, tokenizer, OUT, card)
     save_curves("sft", trainer.state.log_history)
     finish_checkpoints(checkpoints)
     print(f"sft: val loss {metrics['val_loss_before']} -> {metrics['val_loss']}; "

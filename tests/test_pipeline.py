@@ -90,10 +90,13 @@ def test_killed_sft_resumes_to_the_same_model(built):
     time.sleep(1)  # let the checkpoint finish writing before the kill
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    saved = sorted(built.glob(".checkpoints/sft/*/checkpoint-*/run_card.json"))
+    assert saved and load(saved[0])["config"] == load(built / "models/sft/run_card.json")["config"]
     assert sha(built / "models/sft/model.safetensors") == reference, "a killed run must not touch outputs"
 
     resumed = lab("sft", cwd=built)
     assert "resuming from" in resumed.stdout
+    assert load(built / "metrics/sft.json")["resumed_from_step"] > 0
     assert sha(built / "models/sft/model.safetensors") == reference
     assert load(built / "metrics/sft.json")["exact_match"] == reference_em
 

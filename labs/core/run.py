@@ -120,12 +120,6 @@ def run_card(lab: str, params, section) -> dict:
     }
 
 
-def save_run_card(directory: str | Path, lab: str, params, section) -> None:
-    (Path(directory) / "run_card.json").write_text(
-        json.dumps(run_card(lab, params, section), indent=2, sort_keys=True) + "\n"
-    )
-
-
 class RunStats:
     """Wall time, peak RSS and device of this run, for metrics/<lab>.json."""
 
@@ -185,27 +179,40 @@ def last_checkpoint(directory: Path) -> str | None:
     return None
 
 
-def train_resumable(trainer, checkpoints: Path) -> dict:
+def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
     """trainer.train(), resuming from the newest checkpoint in `checkpoints` if a killed run left one.
-    Returns what every training lab reports: final train loss, optimizer steps, tokens per second."""
+
+    Every checkpoint gets `card` (the run card) beside its weights. Returns what every training lab
+    reports: final train loss, optimizer steps, the step it resumed from, and tokens/s of this process.
+    """
+    from transformers import TrainerCallback
+
+    class SaveRunCard(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            (folder / "run_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+
+    trainer.add_callback(SaveRunCard())
     resume = last_checkpoint(checkpoints)
+    resumed = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}
     if resume:
         print(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
-    seconds = max(result.metrics["train_runtime"], 1e-9)
+    tokens = trainer.state.num_input_tokens_seen - resumed.get("num_input_tokens_seen", 0)
     return {
         "train_loss": round(result.training_loss, 4),
         "steps": trainer.state.global_step,
-        "train_tokens_per_s": round(trainer.state.num_input_tokens_seen / seconds, 1),
+        "resumed_from_step": resumed.get("global_step", 0),
+        "train_tokens_per_s": round(tokens / max(result.metrics["train_runtime"], 1e-9), 1),
     }
 
 
-def save_model(model, tokenizer, out: str | Path, lab: str, params, section) -> None:
+def save_model(model, tokenizer, out: str | Path, card: dict) -> None:
     """Weights (safetensors), tokenizer and run card into `out`, atomically."""
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
-        save_run_card(tmp, lab, params, section)
+        (tmp / "run_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
 def finish_checkpoints(checkpoints: Path) -> None:

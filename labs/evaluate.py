@@ -16,7 +16,7 @@ from pathlib import Path
 
 from labs.core.config import Params
 from labs.core.data import read_jsonl
-from labs.core.evaluation import exact_match, generate, percent, perplexity
+from labs.core.evaluation import exact_match, generate, percent, perplexity, results_table
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
@@ -38,21 +38,10 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
     }
 
 
-def table(results: dict[str, dict]) -> str:
-    families = sorted({f for r in results.values() for f in r["exact_match"]} - {"overall"}) + ["overall"]
-    head = ["model", *[f"EM {f}" for f in families], "EOS %", "answer ppl", "corpus ppl"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in results.items():
-        cells = [name, *[f"{r['exact_match'].get(f, float('nan')):.1f}" for f in families], f"{r['eos_rate']:.1f}",
-                 f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def run(params: Params) -> dict:
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
     corpus = [r["text"] for r in read_jsonl(PREPARED / "corpus_val.jsonl", "text")]
     paths = {name: require(MODELS / name, "config.json", name) for name in params.evaluate.models}
     results = {name: evaluate_model(path, params, test, corpus) for name, path in paths.items()}
-    print(table(results))
+    print(results_table(results))
     return {"models": results}

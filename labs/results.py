@@ -10,22 +10,14 @@ import json
 import sys
 from pathlib import Path
 
+from labs.core.evaluation import results_table
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def render(metrics_dir: Path = Path("metrics")) -> str:
     evaluation = json.loads((metrics_dir / "evaluate.json").read_text())["models"]
-    families = sorted({f for r in evaluation.values() for f in r["exact_match"]} - {"overall"})
-    head = ["model", "params", *[f"EM {f} %" for f in families], "EM overall %", "EOS %", "answer ppl", "corpus ppl"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, r in evaluation.items():
-        em = r["exact_match"]
-        rows.append("| " + " | ".join([
-            f"`{name}`", f"{r['parameters'] / 1e6:.2f}M", *[f"{em[f]:.1f}" for f in families],
-            f"**{em['overall']:.1f}**", f"{r['eos_rate']:.1f}",
-            f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}",
-        ]) + " |")
-    lines = [*rows, ""]
+    lines = [results_table(evaluation), ""]
     for lab in ("pretrain", "sft"):
         path = metrics_dir / f"{lab}.json"
         if path.exists():

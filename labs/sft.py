@@ -49,7 +49,7 @@ def run(params: Params) -> dict:
         **trainer_kwargs(params, cfg, checkpoints),
         max_length=cfg.max_length,
         completion_only_loss=True,  # prompt tokens -> -100
-        packing=False,  # one short chat per row; padding-free packing was measured 2-3x slower on CPU
+        packing=False,  # one short chat per row; padding-free packing is 2-3x slower on CPU (shared/facts.md)
     )
     card = run_card("sft", params, cfg)  # saved with every checkpoint and with the final model
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,

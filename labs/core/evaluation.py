@@ -95,3 +95,17 @@ def perplexity(model, tokenizer, texts: list[str], prompts: list[str] | None = N
         total_loss += loss.item()
         total_tokens += int((shift_labels != -100).sum())
     return round(math.exp(total_loss / max(total_tokens, 1)), 4)
+
+
+def results_table(results: dict[str, dict]) -> str:
+    """Markdown table of per-model evaluation results (metrics/evaluate.json's "models")."""
+    families = sorted({f for r in results.values() for f in r["exact_match"]} - {"overall"})
+    head = ["model", "params", *[f"EM {f} %" for f in families], "EM overall %", "EOS %", "answer ppl", "corpus ppl"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        em = r["exact_match"]
+        cells = [f"`{name}`", f"{r['parameters'] / 1e6:.2f}M", *[f"{em.get(f, float('nan')):.1f}" for f in families],
+                 f"**{em['overall']:.1f}**", f"{r['eos_rate']:.1f}",
+                 f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

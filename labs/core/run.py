@@ -20,8 +20,8 @@ PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "t
 
 
 def default_threads() -> int:
-    # Two threads is this project's reference machine; results are byte-identical across thread
-    # counts (measured), so LAB_THREADS only changes speed.
+    # Two threads is this project's reference machine; weights were byte-identical across 1 and 2
+    # threads in shared/facts.md's measurements, so LAB_THREADS should only change speed.
     return int(os.environ.get("LAB_THREADS", min(2, os.cpu_count() or 1)))
 
 
@@ -120,6 +120,10 @@ def run_card(lab: str, params, section) -> dict:
     }
 
 
+def write_card(folder: Path, card: dict) -> None:
+    (Path(folder) / "run_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+
+
 class RunStats:
     """Wall time, peak RSS and device of this run, for metrics/<lab>.json."""
 
@@ -189,8 +193,7 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
 
     class SaveRunCard(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            (folder / "run_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+            write_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", card)
 
     trainer.add_callback(SaveRunCard())
     resume = last_checkpoint(checkpoints)
@@ -212,7 +215,7 @@ def save_model(model, tokenizer, out: str | Path, card: dict) -> None:
     with atomic_path(out) as tmp:
         model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
-        (tmp / "run_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        write_card(tmp, card)
 
 
 def finish_checkpoints(checkpoints: Path) -> None:

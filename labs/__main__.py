@@ -20,6 +20,9 @@ LABS = {
     "tokenizer": "train a byte-level BPE tokenizer with a chat template",
     "pretrain": "pretrain a tiny Llama from scratch on the corpus (GPU tiers: start from a hub model)",
     "sft": "supervised fine-tuning with TRL SFTTrainer, loss on completions only",
+    "lora": "the sft task through a PEFT adapter: LoRA, or DoRA / prefix / prompt / (IA)^3 by one param",
+    "qlora": "LoRA on a 4-bit NF4 base quantized by bitsandbytes",
+    "peft_methods": "every PEFT method against full SFT: one table of cost and quality",
     "evaluate": "exact-match per task family and perplexity for every model, one table",
 }
 

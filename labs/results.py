@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from labs.core.evaluation import results_table
+from labs.core.evaluation import peft_table, results_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -25,6 +25,10 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
             lines.append(f"- `{lab}`: validation loss {m['val_loss_before']} → {m['val_loss']} in "
                          f"{m['steps']} steps, {m['run']['wall_time_s']} s on {m['run']['device']} "
                          f"({m['run']['threads']} threads, peak RSS {m['run']['peak_rss_mb']} MB).")
+    peft = metrics_dir / "peft_methods.json"
+    if peft.exists():
+        lines += ["", "PEFT methods beside full SFT (`just lab peft_methods`), on the same data and schedule:", "",
+                  peft_table(json.loads(peft.read_text())["table"])]
     return "\n".join(lines)
 
 

@@ -89,6 +89,50 @@ class SFTParams(TrainParams):
     max_length: int = Field(128, gt=0)
 
 
+PEFT_METHODS = ("lora", "dora", "prefix", "prompt", "ia3")
+
+
+class LoraParams(SFTParams):
+    """The sft task through a PEFT adapter on the frozen pretrained model."""
+
+    method: Literal["lora", "dora", "prefix", "prompt", "ia3"] = "lora"
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    num_virtual_tokens: int = Field(16, gt=0)  # prefix and prompt tuning
+    # lora / dora: also train these tokens' embedding rows (PEFT trainable_token_indices): tokens the base
+    # never saw in pretraining, like the chat template's role markers, are otherwise stuck at their init.
+    trainable_tokens: list[str] = []
+    ia3_feedforward_modules: list[str] = ["down_proj"]  # (IA)^3 scales these modules' inputs, the rest's outputs
+
+
+class QLoraParams(LoraParams):
+    """LoRA (or DoRA) on a base quantized to 4 bits by bitsandbytes; compute dtype = `precision`."""
+
+    method: Literal["lora", "dora"] = "lora"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True  # quantize the quantization constants too (QLoRA paper, ~0.4 bit/param saved)
+
+
+class MethodOverrides(Section):
+    """What a method in `peft_methods` may set differently from the `lora` section."""
+
+    lr: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = None
+    rank: int | None = Field(None, gt=0)
+    alpha: float | None = Field(None, gt=0)
+    num_virtual_tokens: int | None = Field(None, gt=0)
+    target_modules: list[str] | None = None
+
+
+class PeftMethodsParams(Section):
+    # method -> its overrides of the `lora` section. lora itself and qlora have their own stages; the
+    # comparison table takes their rows (and full SFT's) from metrics/.
+    methods: dict[Literal["lora", "dora", "prefix", "prompt", "ia3"], MethodOverrides] = {}
+
+
 class EvaluateParams(Section):
     models: list[str] = ["pretrain", "sft"]
     max_new_tokens: int = Field(48, gt=0)
@@ -104,6 +148,9 @@ class Params(Section):
     tokenizer: TokenizerParams = TokenizerParams()
     pretrain: PretrainParams = PretrainParams()
     sft: SFTParams = SFTParams()
+    lora: LoraParams = LoraParams()
+    qlora: QLoraParams = QLoraParams()
+    peft_methods: PeftMethodsParams = PeftMethodsParams()
     evaluate: EvaluateParams = EvaluateParams()
 
 

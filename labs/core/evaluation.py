@@ -87,6 +87,7 @@ def perplexity(model, tokenizer, texts: list[str], prompts: list[str] | None = N
             attention[i, :len(row)] = 1
             labels[i, :len(row)] = torch.where(torch.tensor(mask, dtype=torch.bool), torch.tensor(row), -100)
         logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
+        logits = logits[:, -width:]  # prompt tuning returns logits for its virtual tokens first
         shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
         loss = torch.nn.functional.cross_entropy(
             shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
@@ -107,5 +108,21 @@ def results_table(results: dict[str, dict]) -> str:
         cells = [f"`{name}`", f"{r['parameters'] / 1e6:.2f}M", *[f"{em.get(f, float('nan')):.1f}" for f in families],
                  f"**{em['overall']:.1f}**", f"{r['eos_rate']:.1f}",
                  f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def peft_table(rows: list[dict]) -> str:
+    """Markdown table of the PEFT comparison (metrics/peft_methods.json's "table")."""
+    gpu = any(r["peak_gpu_mb"] is not None for r in rows)
+    head = ["method", "trainable params", "trainable %", "peak RSS MB", *(["peak GPU MB"] if gpu else []),
+            "train s", "adapter MB", "EM overall %", "val loss", "corpus ppl"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ppl = "–" if r["corpus_perplexity"] is None else f"{r['corpus_perplexity']:.2f}"
+        cells = [f"`{r['method']}`", f"{r['trainable_parameters']:,}", f"{r['trainable_pct']:.2f}",
+                 f"{r['peak_rss_mb']:.0f}", *([f"{r['peak_gpu_mb'] or 0:.0f}"] if gpu else []),
+                 f"{r['train_time_s']:.0f}", f"{r['adapter_mb']:.3f}", f"**{r['exact_match']:.1f}**",
+                 f"{r['val_loss']:.4f}", ppl]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -65,17 +65,19 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model(path: str | Path, precision: str = "fp32", attn_implementation: str = "sdpa",
-               training: bool = False):
+               training: bool = False, quantization_config=None):
     """A causal LM from a local directory or a hub id: safetensors only, no remote code.
 
     For fp16 training the weights stay fp32: the Trainer's fp16 autocast needs fp32 master weights
-    (fp16 weights fail at gradient unscaling). bf16 trains in bf16 directly.
+    (fp16 weights fail at gradient unscaling). bf16 trains in bf16 directly. A `quantization_config`
+    (bitsandbytes) quantizes the linear layers while loading; on a GPU they are placed there at once.
     """
     dtype = torch.float32 if training and precision == "fp16" else DTYPES[precision]
+    placement = {"device_map": {"": 0}} if quantization_config is not None and torch.cuda.is_available() else {}
     try:
         return AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=dtype, attn_implementation=attn_implementation,
-            use_safetensors=True, trust_remote_code=False,
+            str(path), dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization_config,
+            use_safetensors=True, trust_remote_code=False, **placement,
         )
     except OSError as exc:
         raise _unloadable(path, exc) from None

@@ -16,7 +16,8 @@ from importlib import metadata
 from pathlib import Path
 
 CHECKPOINT_ROOT = Path(".checkpoints")  # git-ignored, outside DVC outs: DVC deletes outs before a stage runs
-PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers", "dvc", "llm-lab")
+PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "tokenizers", "dvc",
+            "llm-lab")
 
 
 def default_threads() -> int:
@@ -101,8 +102,28 @@ def git_revision() -> str:
 
 
 def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """Peak resident memory since start or since the last reset_peak_memory(), in MiB."""
+    try:  # VmHWM can be reset (a lab that trains several models measures each); ru_maxrss cannot
+        status = Path("/proc/self/status").read_text()
+        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def peak_gpu_mb() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+
+
+def reset_peak_memory() -> None:
+    """Start new high-water marks for RSS (Linux: writing 5 to clear_refs) and for GPU memory."""
+    import torch
+
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
 
 
 def run_card(lab: str, params, section) -> dict:
@@ -125,18 +146,22 @@ def write_card(folder: Path, card: dict) -> None:
 
 
 class RunStats:
-    """Wall time, peak RSS and device of this run, for metrics/<lab>.json."""
+    """Wall time, peak RSS (and peak GPU memory on GPU tiers) and device of a run, for metrics/."""
 
     def __init__(self) -> None:
+        reset_peak_memory()
         self.started = time.perf_counter()
 
     def as_dict(self, device: str) -> dict:
-        return {
+        stats = {
             "wall_time_s": round(time.perf_counter() - self.started, 1),
             "peak_rss_mb": peak_rss_mb(),
             "device": device,
             "threads": default_threads(),
         }
+        if (gpu := peak_gpu_mb()) is not None:
+            stats["peak_gpu_mb"] = gpu
+        return stats
 
 
 def fingerprint(config: dict, inputs: list[str | Path]) -> str:
@@ -207,6 +232,7 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
         "steps": trainer.state.global_step,
         "resumed_from_step": resumed.get("global_step", 0),
         "train_tokens_per_s": round(tokens / max(result.metrics["train_runtime"], 1e-9), 1),
+        "train_time_s": round(result.metrics["train_runtime"], 1),
     }
 
 
@@ -216,6 +242,11 @@ def save_model(model, tokenizer, out: str | Path, card: dict) -> None:
         model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
         write_card(tmp, card)
+
+
+def safetensors_mb(folder: str | Path) -> float:
+    """Size on disk of the weights in `folder` (a model or an adapter), in MiB."""
+    return round(sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20, 3)
 
 
 def finish_checkpoints(checkpoints: Path) -> None:

@@ -1,0 +1,134 @@
+"""lora — the sft task through a PEFT adapter on the frozen pretrained model; LoRA by default.
+
+    just lab lora
+    dvc exp run -S lora.method=dora        # or prefix | prompt | ia3 (`peft_methods` runs them all)
+    dvc exp run -S lora.rank=4 -S lora.alpha=8
+
+Full SFT updates every weight; an adapter trains a few percent of them and leaves the base untouched:
+  * lora   — a low-rank update B·A (rank `rank`, scaled by alpha/rank) beside each `target_modules` linear,
+  * dora   — LoRA on the direction of each weight plus a trained magnitude per output (use_dora),
+  * prefix — trained key/value vectors prepended at every layer (`num_virtual_tokens` of them),
+  * prompt — trained input embeddings prepended to the prompt (`num_virtual_tokens`),
+  * ia3    — trained per-channel scales on the targets' activations ((IA)^3).
+The same TRL SFTTrainer, data and schedule as `sft`, with PEFT's config handed to it.
+
+Outputs: models/lora/adapter (the adapter alone: a few hundred KB) and, for the methods that can fold
+into the weights, models/lora/merged (`merge_and_unload`: a plain model that loads without PEFT).
+metrics/lora.json reports trainable parameters, adapter size, exact-match, validation loss, corpus
+perplexity (how much prose ability fine-tuning cost) and `merged_matches_adapter`: the percent of
+held-out prompts where the merged model's greedy answer equals base+adapter's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from labs.core.config import LoraParams, Params
+from labs.core.data import DataError, read_jsonl
+from labs.core.evaluation import generate, percent
+from labs.core.models import count_parameters, load_model, load_tokenizer, require
+from labs.core.run import atomic_path, safetensors_mb, save_model
+from labs.sft import finetune
+
+PREPARED, BASE, OUT = Path("data/prepared"), Path("models/pretrain"), Path("models/lora")
+MERGEABLE = {"lora", "dora", "ia3"}  # prefix / prompt tuning add virtual tokens: nothing to fold into weights
+
+# The GPU tiers' base models, from their published config.json (no download needed): the share of
+# parameters the same LoRA config trains there is counted on the real architecture, built on the meta device.
+GPU_TIER_MODELS = {
+    "HuggingFaceTB/SmolLM2-135M": dict(
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
+    "Qwen/Qwen2.5-0.5B": dict(
+        model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+def token_ids(tokenizer, tokens: list[str]) -> list[int]:
+    vocabulary = tokenizer.get_vocab()
+    for token in tokens:
+        if token not in vocabulary:
+            raise DataError(f"params.yaml: lora.trainable_tokens: {token!r} is not a token of this tokenizer")
+    return [vocabulary[token] for token in tokens]
+
+
+def peft_config(cfg: LoraParams, tokenizer=None):
+    if cfg.method in ("lora", "dora"):
+        tokens = token_ids(tokenizer, cfg.trainable_tokens) if cfg.trainable_tokens and tokenizer else None
+        return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=cfg.target_modules, use_dora=cfg.method == "dora",
+                          trainable_token_indices=tokens, task_type="CAUSAL_LM")
+    if cfg.method == "prefix":
+        return PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM")
+    if cfg.method == "prompt":
+        # Start from embeddings of real vocabulary tokens: random vectors sit far from anything the model saw.
+        return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init="SAMPLE_VOCAB",
+                                  task_type="CAUSAL_LM")
+    return IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.ia3_feedforward_modules,
+                     task_type="CAUSAL_LM")
+
+
+def trainable_share(cfg: LoraParams, config) -> dict:
+    """Parameters and the share `cfg`'s adapter trains on a model of `config`, built without weights."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = count_parameters(model)
+    trainable = sum(p.numel() for p in get_peft_model(model, peft_config(cfg)).parameters() if p.requires_grad)
+    return {"parameters": total, "trainable_parameters": trainable, "trainable_pct": round(100 * trainable / total, 3)}
+
+
+def train_adapter(params: Params, cfg: LoraParams, lab: str, model, tokenizer, base: Path, total: int):
+    """`finetune` through the adapter `cfg` names; adds what every PEFT row of the comparison reports.
+    `total` is the base's parameter count (a 4-bit model packs two weights per stored element)."""
+    trainer, metrics, card = finetune(params, cfg, lab, model, tokenizer, base, peft_config(cfg, tokenizer))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics |= {
+        "method": cfg.method,
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "trainable_pct": round(100 * trainable / total, 3),
+    }
+    return trainer, metrics, card
+
+
+def held_out_answers(model, tokenizer, params: Params) -> tuple[list[dict], list[str]]:
+    """The held-out test rows and `model`'s greedy completions of their prompts."""
+    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    completions, _ = generate(model, tokenizer, [r["prompt"] for r in test],
+                              params.evaluate.max_new_tokens, params.evaluate.batch_size)
+    return test, completions
+
+
+def identical(a: list[str], b: list[str]) -> float:
+    return percent([x == y for x, y in zip(a, b, strict=True)])
+
+
+def run(params: Params) -> dict:
+    cfg = params.lora
+    base = require(BASE, "config.json", "pretrain")
+    tokenizer = load_tokenizer(base)
+    model = load_model(base, cfg.precision, cfg.attn_implementation, training=True)
+    trainer, metrics, card = train_adapter(params, cfg, "lora", model, tokenizer, base, count_parameters(model))
+    completions = metrics.pop("completions")  # base + adapter, greedy, on the held-out prompts
+
+    with atomic_path(OUT) as tmp:
+        save_model(trainer.model, tokenizer, tmp / "adapter", card)  # PEFT saves the adapter weights only
+        metrics["adapter_mb"] = safetensors_mb(tmp / "adapter")
+        if cfg.method in MERGEABLE:
+            save_model(trainer.model.merge_and_unload(), tokenizer, tmp / "merged", card)
+    if cfg.method in MERGEABLE:
+        merged = load_model(OUT / "merged", params.evaluate.precision)  # from disk: what a user would load
+        metrics["merged_matches_adapter"] = identical(held_out_answers(merged, tokenizer, params)[1], completions)
+
+    base_config = AutoConfig.from_pretrained(base)
+    metrics["trainable_share_by_model"] = {"this base": trainable_share(cfg, base_config)} | {
+        name: trainable_share(cfg, AutoConfig.for_model(**shape)) for name, shape in GPU_TIER_MODELS.items()
+    }
+    print(f"lora ({cfg.method}): {metrics['trainable_pct']}% of weights trained; val loss "
+          f"{metrics['val_loss_before']} -> {metrics['val_loss']}; held-out exact-match {metrics['exact_match']}")
+    return metrics

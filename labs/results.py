@@ -29,6 +29,10 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
     if peft.exists():
         lines += ["", "PEFT methods beside full SFT (`just lab peft_methods`), on the same data and schedule:", "",
                   peft_table(json.loads(peft.read_text())["table"])]
+        lora = json.loads((metrics_dir / "lora.json").read_text())
+        shares = ", ".join(f"{share['trainable_pct']:.2f}% of {name} ({share['parameters'] / 1e6:.1f}M)"
+                           for name, share in lora["trainable_share_by_model"].items() if name != "this base")
+        lines += ["", f"- The same `{lora['method']}` config trains {shares}: counted on the real architectures."]
     return "\n".join(lines)
 
 

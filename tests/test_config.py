@@ -69,3 +69,15 @@ def test_command_line_override_wins_over_the_tier_override(tmp_path):
 def test_malformed_override_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_params(write(tmp_path, "seed: 1\n"), ["sft.lr"])
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("peft_methods:\n  methods:\n    lokr: {}\n", "peft_methods.methods.lokr"),
+    ("peft_methods:\n  methods:\n    prompt: {lr: fast}\n", "peft_methods.methods.prompt.lr: expected a number"),
+    ("peft_methods:\n  methods:\n    prompt: {rnak: 4}\n", "peft_methods.methods.prompt.rnak: unknown key"),
+    ("qlora:\n  method: prefix\n", "qlora.method: expected one of 'lora' or 'dora'"),
+])
+def test_peft_params_are_checked(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as error:
+        load_params(write(tmp_path, text))
+    assert expected in str(error.value) and "\n" not in str(error.value)

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from labs.core.config import PARAMS_FILE, ConfigError, load_params
 from labs.core.data import CONVERTERS, DataError, convert
+
+# bitsandbytes (imported by peft and trl) warns at import on AVX512-BF16 CPUs that it cannot fetch an
+# optional fused 4-bit kernel from the hub; offline it uses its dequantize-then-matmul path, which is
+# what qlora measures. The warning would break every lab's one-line error output.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # name -> one line; the module is labs/<name>.py. Order = curriculum order.
 LABS = {

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"families": ["add", "sort"], "sft_per_family": 1500, "test_per_family": 50,
              "corpus_per_family": 1500, "preference_per_family": 50, "rl_per_family": 50},
-    # lora keeps the full schedule (its effect is asserted like sft's); the rest only need to train
-    "qlora": {"epochs": 2},
+    # lora and qlora keep the full schedule (their effect is asserted like sft's: EM 32 and 36 measured on
+    # this config); the other methods only need to show that they train
     "peft_methods": {"methods": {"dora": {"epochs": 1}, "prefix": {"max_steps": 60}, "prompt": {"max_steps": 60},
                                  "ia3": {"max_steps": 60}}},
 }

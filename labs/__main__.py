@@ -29,6 +29,10 @@ LABS = {
     "lora": "the sft task through a PEFT adapter: LoRA, or DoRA / prefix / prompt / (IA)^3 by one param",
     "qlora": "LoRA on a 4-bit NF4 base quantized by bitsandbytes",
     "peft_methods": "every PEFT method against full SFT: one table of cost and quality",
+    "reward": "a Bradley-Terry reward model on preference pairs with TRL RewardTrainer",
+    "dpo": "preference optimisation of the SFT model: DPO, or IPO / KTO / ORPO / SimPO by one param",
+    "ppo": "RLHF with PPO: policy, value model, frozen reward model and reference, KL penalty",
+    "grpo": "GRPO with a verifiable reward: exact match of the answer plus a format reward",
     "evaluate": "exact-match per task family and perplexity for every model, one table",
 }
 

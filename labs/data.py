@@ -11,9 +11,10 @@ accuracy and not only as loss. Four families:
     reverse  Reverse the letters: k d a r     Answer: r a d k
 
 Rendered into the data contract (labs/core/data.py): a pretraining corpus written as prose, SFT pairs,
-preference pairs (chosen = correct, rejected = plausibly wrong: a dropped carry, the smaller number, a
-swapped pair) and RL prompts with gold answers. Held-out files (`*_test.jsonl`) are drawn first and no
-other file, the corpus included, contains one of their task instances.
+preference pairs (chosen = correct, rejected = plausibly wrong: half a family's classic slip, a dropped
+carry, the smaller number, a swapped pair; half a miscopied digit or letter in the final answer) and RL
+prompts with gold answers. Held-out files (`*_test.jsonl`) are drawn first and no other file, the corpus
+included, contains one of their task instances.
 
 Everything derives from `seed` through string-seeded RNGs, so regenerating gives the same bytes and
 data.dvc holds without a DVC remote. GPU tiers replace these files with real datasets converted by
@@ -99,6 +100,25 @@ def make_reverse(rng: random.Random) -> Task:
                 " ".join(backwards), "", " ".join(wrong))
 
 
+def copy_slip(task: Task, rng: random.Random) -> str:
+    """The task's right steps with one token of the final answer miscopied: a digit off by one, a letter
+    swapped for another. Sampled models make this kind of slip more than the family's classic one, so a
+    reward model that never saw it would not rank a policy's own mistakes."""
+    tokens = task.answer.split() if " " in task.answer else list(task.answer)
+    i = rng.randrange(len(tokens))
+    if tokens[i].isdigit():
+        tokens[i] = str((int(tokens[i]) + rng.choice([-1, 1])) % 10)
+    else:
+        tokens[i] = rng.choice([c for c in string.ascii_lowercase if c != tokens[i]])
+    wrong = (" " if " " in task.answer else "").join(tokens)
+    return f"{task.steps}Answer: {wrong}"
+
+
+def rejected(task: Task, rng: random.Random) -> str:
+    """Half the pairs reject the family's classic slip, half a copy slip."""
+    return task.wrong_completion if rng.random() < 0.5 else copy_slip(task, rng)
+
+
 FAMILIES = {"add": make_add, "compare": make_compare, "sort": make_sort, "reverse": make_reverse}
 
 
@@ -153,13 +173,14 @@ def generate(params: Params) -> dict[str, list[dict]]:
             "preference": draw(family, cfg.preference_per_family, rng("preference"), test_keys),
             "rl": draw(family, cfg.rl_per_family, rng("rl"), test_keys),
         }
+        slips = rng("slip")  # its own stream: the tasks drawn above stay the same whatever the slips
         for split, tasks in [("", pools), ("_test", dict.fromkeys(pools, held_out))]:
             for t in tasks["sft"]:
                 rows["sft" + split].append(
                     {"prompt": t.prompt, "completion": t.completion, "answer": t.answer, "family": family})
             for t in tasks["preference"]:
                 rows["preference" + split].append({"prompt": t.prompt, "chosen": t.completion,
-                                                   "rejected": t.wrong_completion, "family": family})
+                                                   "rejected": rejected(t, slips), "family": family})
             for t in tasks["rl"]:
                 rows["rl" + split].append({"prompt": t.prompt, "answer": t.answer, "family": family})
         prose_rng = rng("corpus")

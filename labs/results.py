@@ -33,7 +33,40 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
         shares = ", ".join(f"{share['trainable_pct']:.2f}% of {name} ({share['parameters'] / 1e6:.1f}M)"
                            for name, share in lora["trainable_share_by_model"].items() if name != "this base")
         lines += ["", f"- The same `{lora['method']}` config trains {shares}: counted on the real architectures."]
+    lines += alignment(metrics_dir)
     return "\n".join(lines)
+
+
+def alignment(metrics_dir: Path) -> list[str]:
+    """One line per alignment lab: the number that shows its effect, before → after."""
+    def load(lab):
+        path = metrics_dir / f"{lab}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def took(m):
+        return f"{m['run']['wall_time_s']:.0f} s"
+
+    lines = []
+    if reward := load("reward"):
+        lines.append(f"- `reward`: held-out pairwise accuracy {reward['accuracy_before']['overall']}% → "
+                     f"**{reward['accuracy']['overall']}%**, margin {reward['margin']}; on the SFT model's own "
+                     f"samples its score correlates {reward['correctness_correlation']} with correctness and "
+                     f"{reward['length_correlation']} with length ({took(reward)}).")
+    if dpo := load("dpo"):
+        lines.append(f"- `dpo` ({dpo['loss']}, {dpo['pairs']} pairs): EM {dpo['exact_match_before']['overall']} → "
+                     f"**{dpo['exact_match']['overall']}**, preference accuracy {dpo['preference_accuracy']}%, "
+                     f"KL to SFT {dpo['kl_to_sft']}, win rate vs SFT {dpo['win_rate']}% judged by `reward` "
+                     f"({dpo['wins']} wins, {dpo['losses']} losses, {dpo['ties']} ties; {took(dpo)}).")
+    if ppo := load("ppo"):
+        lines.append(f"- `ppo`: training reward {ppo['reward_first']} → **{ppo['reward_last']}** (KL "
+                     f"{ppo['kl_first']} → {ppo['kl_last']}), EM {ppo['exact_match_before']['overall']} → "
+                     f"{ppo['exact_match']['overall']}, answer length {ppo['words_before']} → {ppo['words']} words, "
+                     f"repetition {ppo['repetition_before']}% → {ppo['repetition']}% ({took(ppo)}).")
+    if grpo := load("grpo"):
+        lines.append(f"- `grpo`: mean reward {grpo['reward_first']} → **{grpo['reward_last']}**, EM "
+                     f"{grpo['exact_match_before']['overall']} → **{grpo['exact_match']['overall']}**, KL to SFT "
+                     f"{grpo['kl_to_sft']} ({took(grpo)}).")
+    return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo`):", "", *lines] if lines else []
 
 
 def updated(readme: str, table: str) -> str:

@@ -89,9 +89,6 @@ class SFTParams(TrainParams):
     max_length: int = Field(128, gt=0)
 
 
-PEFT_METHODS = ("lora", "dora", "prefix", "prompt", "ia3")
-
-
 class LoraParams(SFTParams):
     """The sft task through a PEFT adapter on the frozen pretrained model."""
 
@@ -133,8 +130,66 @@ class PeftMethodsParams(Section):
     methods: dict[Literal["lora", "dora", "prefix", "prompt", "ia3"], MethodOverrides] = {}
 
 
+class RewardParams(TrainParams):
+    """A Bradley-Terry reward model: the SFT model's architecture with a scalar head."""
+
+    max_length: int = Field(128, gt=0)
+    center_rewards: float | None = Field(None, ge=0)  # TRL's center_rewards_coefficient: pulls rewards to mean 0
+    # dataset: the preference file's pairs. with_on_policy: plus pairs from the SFT model's own wrong answers
+    # (sampled on `on_policy_prompts` of those prompts, checked against the chosen answer)
+    pairs: Literal["dataset", "with_on_policy"] = "dataset"
+    on_policy_prompts: int = Field(4000, gt=0)
+    on_policy_samples: int = Field(4, gt=0)
+    samples_per_prompt: int = Field(2, gt=0)  # sampled SFT answers per held-out prompt for the correlations
+
+
+class DPOParams(TrainParams):
+    """Preference optimisation of the SFT model; `loss` picks the method."""
+
+    # sigmoid = DPO, ipo = IPO (both DPOTrainer), kto = KTO on the pairs split into unpaired rows,
+    # orpo = ORPO and simpo = SimPO (no reference model; trl.experimental ORPOTrainer / CPOTrainer)
+    loss: Literal["sigmoid", "ipo", "kto", "orpo", "simpo"] = "sigmoid"
+    # dataset: the preference file's pairs. on_policy: the SFT model's own wrong answers (sampled on those
+    # prompts, checked against the chosen answer) are the rejected side: needs checkable answers.
+    pairs: Literal["dataset", "on_policy"] = "dataset"
+    samples_per_prompt: int = Field(4, gt=0)  # on_policy: answers sampled per prompt
+    temperature: float = Field(1.0, gt=0)  # on_policy: lower finds the mistakes greedy decoding makes
+    max_prompts: int | None = Field(None, gt=0)  # on_policy: prompts sampled from (null: all)
+    beta: float | None = Field(None, gt=0)  # null: the method's paper default (labs/dpo.py DEFAULT_BETA)
+    simpo_gamma: float = Field(0.5, ge=0)  # SimPO's target reward margin
+    # sigmoid / ipo: weight of an added NLL loss on the chosen answers (RPO); it keeps the chosen answers'
+    # likelihood from falling with the rejected ones', DPO's known failure
+    sft_weight: float = Field(0.0, ge=0)
+    max_length: int = Field(128, gt=0)
+
+
+class PPOParams(TrainParams):
+    """RLHF with PPO: policy and value model trained, reward model and reference frozen."""
+
+    episodes: int = Field(2048, gt=0)  # prompts sampled in all (TRL's total_episodes)
+    kl_coef: float = Field(0.05, ge=0)
+    ppo_epochs: int = Field(4, gt=0)  # optimisation passes over each batch of rollouts
+    mini_batches: int = Field(1, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    response_length: int = Field(48, gt=0)
+    missing_eos_penalty: float | None = Field(1.0, ge=0)  # subtracted from the score of a completion with no EOS
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+
+
+class GRPOParams(TrainParams):
+    """GRPO with a verifiable reward: exact match of the final answer plus a format reward."""
+
+    num_generations: int = Field(8, ge=2)  # completions per prompt: the group whose mean is the baseline
+    beta: float = Field(0.04, ge=0)  # KL penalty to the reference (TRL's default is 0: no reference at all)
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: int = Field(48, gt=0)
+    format_reward: float = Field(0.2, ge=0)  # for an answer in the "... Answer: X" form that ended with EOS
+
+
 class EvaluateParams(Section):
     models: list[str] = ["pretrain", "sft"]
+    reward_model: str | None = None  # a directory under models/ whose scores become a column (null: none)
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(64, gt=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -151,6 +206,10 @@ class Params(Section):
     lora: LoraParams = LoraParams()
     qlora: QLoraParams = QLoraParams()
     peft_methods: PeftMethodsParams = PeftMethodsParams()
+    reward: RewardParams = RewardParams()
+    dpo: DPOParams = DPOParams()
+    ppo: PPOParams = PPOParams()
+    grpo: GRPOParams = GRPOParams()
     evaluate: EvaluateParams = EvaluateParams()
 
 

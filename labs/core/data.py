@@ -103,6 +103,21 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     return rows
 
 
+def user_turn(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def assistant_turn(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def preference_chats(rows: list[dict]) -> list[dict]:
+    """Preference rows -> TRL's conversational preference format (explicit prompt), so the chat template
+    applies exactly as in SFT."""
+    return [{"prompt": user_turn(r["prompt"]), "chosen": assistant_turn(r["chosen"]),
+             "rejected": assistant_turn(r["rejected"])} for r in rows]
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     """Write atomically (temp file, then rename): a failure midway leaves any earlier file as it was."""
     path = Path(path)

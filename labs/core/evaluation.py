@@ -1,4 +1,5 @@
-"""Measurements shared by the labs: exact-match of generated answers and perplexity from the model's loss.
+"""Measurements shared by the labs: exact-match of generated answers, perplexity and log-probabilities from
+the model's loss, reward-model scores, and the KL divergence of a tuned policy from its reference.
 
 The task world's answers are checkable: a completion is right when the text after its last "Answer:"
 equals the gold answer (whitespace-normalised). `evaluate.load(...)` cannot load metrics offline, so
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
 import torch
 
 
@@ -21,25 +23,166 @@ def extract_answer(completion: str) -> str | None:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int
-             ) -> tuple[list[str], list[bool]]:
-    """Greedy completions of chat-formatted `prompts`, and whether each ended its turn with EOS before
-    `max_new_tokens` (RL labs sample from the SFT model and need it to stop by itself)."""
-    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
-    model.eval()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+             temperature: float | None = None) -> tuple[list[str], list[bool]]:
+    """Completions of chat-formatted `prompts` (greedy, or sampled at `temperature`), and whether each ended
+    its turn with EOS before `max_new_tokens` (RL labs sample from the SFT model and need it to stop)."""
     completions, ended = [], []
     for start in range(0, len(prompts), batch_size):
-        chats = [[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        output = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        batch, new_tokens = _complete(model, tokenizer, prompts[start:start + batch_size], max_new_tokens,
+                                      temperature)
         completions += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         ended += (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()
     return completions, ended
+
+
+def _complete(model, tokenizer, prompts: list[str], max_new_tokens: int, temperature: float | None):
+    """One left-padded batch of chat prompts and the tokens the model appended to it."""
+    tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
+    model.eval()
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    # Sampling is from the model's own distribution: no top-k / top-p truncation (generation_config
+    # defaults would otherwise apply), so KL estimates below are unbiased.
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+        "do_sample": False}
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, **sampling)
+    return batch, output[:, batch["input_ids"].shape[1]:]
+
+
+def _token_logprobs(model, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for every position t >= 1 (shape: batch x length-1)."""
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding: positions count real tokens only
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.float()
+    return torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def kl_to_reference(policy, reference, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+                    seed: int) -> float:
+    """KL(policy || reference) per completion, in nats: a Monte-Carlo estimate over completions sampled
+    from the policy at temperature 1, summing log pi(y_t) - log pi_ref(y_t) over each completion's tokens
+    (up to and including its EOS). This is the sequence-level KL that RLHF's penalty bounds."""
+    torch.manual_seed(seed)  # the same samples whenever the same policy is measured
+    reference.eval()
+    total = []
+    for start in range(0, len(prompts), batch_size):
+        batch, new = _complete(policy, tokenizer, prompts[start:start + batch_size], max_new_tokens, 1.0)
+        ids = torch.cat([batch["input_ids"], new], dim=1)
+        attention = torch.cat([batch["attention_mask"], torch.ones_like(new)], dim=1)
+        is_eos = (new == tokenizer.eos_token_id).long()
+        in_completion = (is_eos.cumsum(1) - is_eos) == 0  # tokens up to and including the first EOS
+        width = new.shape[1]
+        log_ratio = (_token_logprobs(policy, ids, attention)[:, -width:]
+                     - _token_logprobs(reference, ids.to(reference.device), attention.to(reference.device))[:, -width:])
+        total += (log_ratio * in_completion).sum(1).tolist()
+    return round(float(np.mean(total)), 4)
+
+
+def chat_batch(tokenizer, prompts: list[str], answers: list[str], max_length: int = 512):
+    """Right-padded chats (user: prompt, assistant: answer + EOS) with labels on the answer tokens only."""
+    encoded, masks = [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        out = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        encoded.append(out["input_ids"][:max_length])
+        masks.append(out["assistant_masks"][:max_length])
+    return _pad_right(tokenizer, encoded, masks)
+
+
+def _pad_right(tokenizer, encoded: list[list[int]], masks: list[list[int]]):
+    width = max(map(len, encoded))
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100)
+    for i, (row, mask) in enumerate(zip(encoded, masks, strict=True)):
+        ids[i, :len(row)] = torch.tensor(row)
+        attention[i, :len(row)] = 1
+        labels[i, :len(row)] = torch.where(torch.tensor(mask, dtype=torch.bool), torch.tensor(row), -100)
+    return ids, attention, labels
+
+
+@torch.no_grad()
+def answer_logprobs(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 64) -> list[float]:
+    """log p(answer + EOS | chat prompt) for each pair, summed over the answer's tokens."""
+    model.eval()
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids, attention, labels = chat_batch(tokenizer, prompts[start:start + batch_size],
+                                            answers[start:start + batch_size])
+        ids, attention, labels = ids.to(model.device), attention.to(model.device), labels.to(model.device)
+        logprobs = _token_logprobs(model, ids, attention)
+        out += (logprobs * (labels[:, 1:] != -100)).sum(1).tolist()
+    return out
+
+
+@torch.no_grad()
+def reward_scores(reward_model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 64
+                  ) -> list[float]:
+    """The reward model's scalar for each (prompt, completion), chat-formatted as it was trained."""
+    reward_model.eval()
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        ids, attention, _ = chat_batch(tokenizer, prompts[start:start + batch_size],
+                                       completions[start:start + batch_size])
+        device = reward_model.device
+        logits = reward_model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+        scores += logits[:, 0].float().tolist()
+    return scores
+
+
+def correlation(xs: list[float], ys: list[float]) -> float | None:
+    """Pearson correlation; None when either side is constant (it is undefined there)."""
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if xs.std() == 0 or ys.std() == 0:
+        return None
+    return round(float(np.corrcoef(xs, ys)[0, 1]), 4)
+
+
+def is_correct(completion: str, answer: str) -> bool:
+    return extract_answer(completion) == " ".join(answer.split())
+
+
+def repetition(completions: list[str]) -> float:
+    """Percent of word 3-grams that repeat an earlier 3-gram of the same completion: a reward-hacking sign
+    (a policy that found the reward model likes some phrase says it again and again)."""
+    repeated = total = 0
+    for text in completions:
+        words = text.split()
+        grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+        repeated += len(grams) - len(set(grams))
+        total += len(grams)
+    return round(100 * repeated / max(total, 1), 2)
+
+
+def mean_words(completions: list[str]) -> float:
+    return round(float(np.mean([len(c.split()) for c in completions])), 2)
+
+
+def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int, temperature: float,
+                    max_new_tokens: int, batch_size: int) -> list[dict]:
+    """Preference pairs from a model's own mistakes: for each preference row's prompt, sample answers; each
+    distinct wrong one (checked against the chosen answer's "Answer: X") becomes the rejected side of a pair
+    with the chosen answer. This is how RLHF collects comparisons (on the policy's samples), with the task
+    world's answer checker as the labeller; the file's curated slips are often ones the model would not make."""
+    from labs.core.data import DataError
+
+    repeated = [r for r in rows for _ in range(samples_per_prompt)]
+    samples, _ = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens, batch_size,
+                          temperature=temperature)
+    pairs, seen = [], set()
+    for row, sample in zip(repeated, samples, strict=True):
+        gold = extract_answer(row["chosen"])
+        if gold is None:
+            raise DataError(f"on-policy pairs need checkable answers: chosen {row['chosen'][:60]!r} has no 'Answer:'")
+        if not is_correct(sample, gold) and (row["prompt"], sample) not in seen:
+            seen.add((row["prompt"], sample))
+            pairs.append(row | {"rejected": sample})
+    if not pairs:
+        raise DataError("on-policy pairs: the model answered every sampled prompt right; nothing to prefer")
+    return pairs
 
 
 def percent(flags: list[bool]) -> float:
@@ -51,7 +194,7 @@ def exact_match(rows: list[dict], completions: list[str]) -> dict[str, float]:
     right, total = defaultdict(int), defaultdict(int)
     for row, completion in zip(rows, completions, strict=True):
         family = row.get("family", "all")
-        hit = extract_answer(completion) == " ".join(row["answer"].split())
+        hit = is_correct(completion, row["answer"])
         for key in (family, "overall"):
             right[key] += hit
             total[key] += 1
@@ -62,30 +205,16 @@ def exact_match(rows: list[dict], completions: list[str]) -> dict[str, float]:
 def perplexity(model, tokenizer, texts: list[str], prompts: list[str] | None = None, batch_size: int = 32,
                max_length: int = 512) -> float:
     """exp(mean token loss) over `texts`; with `prompts`, chat-formatted and scored on the answers only."""
-    tokenizer.padding_side = "right"
     model.eval()
     total_loss, total_tokens = 0.0, 0
     for start in range(0, len(texts), batch_size):
         chunk = texts[start:start + batch_size]
         if prompts is None:
             encoded = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length] for t in chunk]
-            masks = [[1] * len(ids) for ids in encoded]
+            ids, attention, labels = _pad_right(tokenizer, encoded, [[1] * len(row) for row in encoded])
         else:
-            encoded, masks = [], []
-            for prompt, answer in zip(prompts[start:start + batch_size], chunk, strict=True):
-                chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-                out = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True,
-                                                    return_assistant_tokens_mask=True)
-                encoded.append(out["input_ids"][:max_length])
-                masks.append(out["assistant_masks"][:max_length])
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        labels = torch.full((len(encoded), width), -100)
-        for i, (row, mask) in enumerate(zip(encoded, masks, strict=True)):
-            ids[i, :len(row)] = torch.tensor(row)
-            attention[i, :len(row)] = 1
-            labels[i, :len(row)] = torch.where(torch.tensor(mask, dtype=torch.bool), torch.tensor(row), -100)
+            ids, attention, labels = chat_batch(tokenizer, prompts[start:start + batch_size], chunk, max_length)
+        width = ids.shape[1]
         logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
         logits = logits[:, -width:]  # prompt tuning returns logits for its virtual tokens first
         shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:].to(model.device)
@@ -101,13 +230,16 @@ def perplexity(model, tokenizer, texts: list[str], prompts: list[str] | None = N
 def results_table(results: dict[str, dict]) -> str:
     """Markdown table of per-model evaluation results (metrics/evaluate.json's "models")."""
     families = sorted({f for r in results.values() for f in r["exact_match"]} - {"overall"})
-    head = ["model", "params", *[f"EM {f} %" for f in families], "EM overall %", "EOS %", "answer ppl", "corpus ppl"]
+    judged = any("reward" in r for r in results.values())
+    head = ["model", "params", *[f"EM {f} %" for f in families], "EM overall %", "EOS %", "answer ppl", "corpus ppl",
+            *(["reward"] if judged else [])]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         em = r["exact_match"]
         cells = [f"`{name}`", f"{r['parameters'] / 1e6:.2f}M", *[f"{em.get(f, float('nan')):.1f}" for f in families],
                  f"**{em['overall']:.1f}**", f"{r['eos_rate']:.1f}",
-                 f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}"]
+                 f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}",
+                 *([f"{r['reward']:.3f}" if "reward" in r else "–"] if judged else [])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 from labs.core.config import ModelShape, Params, TrainParams
 from labs.core.data import DataError
@@ -81,6 +87,25 @@ def load_model(path: str | Path, precision: str = "fp32", attn_implementation: s
         )
     except OSError as exc:
         raise _unloadable(path, exc) from None
+
+
+def load_reward_model(path: str | Path, precision: str = "fp32", training: bool = False, quiet: bool = False):
+    """A causal LM's body with a scalar head (reward and value models). From a causal LM checkpoint the
+    head is new (seeded init) and the LM head is dropped; from a reward model it is that model."""
+    from transformers.utils import logging as hf_logging
+
+    dtype = torch.float32 if training and precision == "fp16" else DTYPES[precision]
+    verbosity = hf_logging.get_verbosity()
+    if quiet:  # "newly initialized: score.weight" is the point here, not a warning
+        hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(path), num_labels=1, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    except OSError as exc:
+        raise _unloadable(path, exc) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
 
 
 def build_llama(shape: ModelShape, tokenizer, attn_implementation: str = "sdpa") -> LlamaForCausalLM:

@@ -254,8 +254,12 @@ def finish_checkpoints(checkpoints: Path) -> None:
     _remove(checkpoints)
 
 
-def save_curves(lab: str, log_history: list[dict]) -> Path:
-    """Loss curves from the trainer's log history into plots/<lab>/metrics/ as DVC plots (TSV).
+LOSS_CURVES = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/lr"}
+
+
+def save_curves(lab: str, log_history: list[dict], curves: dict[str, str] = LOSS_CURVES) -> Path:
+    """Curves from the trainer's log history into plots/<lab>/metrics/ as DVC plots (TSV): `curves` maps a
+    logged key to a plot name (the loss curves by default; RL labs add reward and KL).
 
     Written after training from the history the checkpoints carry, so a resumed run's curves are whole
     (DVC clears plots/<lab>/ before the stage runs, so a live callback would lose the first part). The
@@ -266,7 +270,7 @@ def save_curves(lab: str, log_history: list[dict]) -> Path:
 
     out = Path("plots") / lab
     with atomic_path(out) as tmp:
-        for key, name in (("loss", "train/loss"), ("eval_loss", "eval/loss"), ("learning_rate", "train/lr")):
+        for key, name in curves.items():
             curve = Metric(name, str(tmp))
             for entry in log_history:
                 if key in entry:

@@ -1,0 +1,109 @@
+"""grpo — GRPO with a verifiable reward: the SFT model samples answers and learns from checking them.
+
+    just lab grpo
+    dvc exp run -S grpo.num_generations=4
+
+No reward model and no value model. For each RL prompt the policy samples `num_generations` answers;
+each gets a reward computed in Python from the prompt's gold answer:
+  * correct: 1.0 when the text after the last "Answer:" equals the gold answer,
+  * format:  `format_reward` when the answer ends its turn (EOS) in the "... Answer: X" form.
+An answer's advantage is its reward minus its group's mean (over the group's std), so the group itself
+is the baseline; a KL penalty (beta) to the frozen SFT model keeps the policy near it.
+
+metrics/grpo.json: mean reward per step (first vs last tenth of training, and plots/grpo/), held-out
+exact-match before (SFT) and after, greedy and of one sample per prompt (what GRPO trains), KL to SFT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from labs.core.config import Params
+from labs.core.data import read_jsonl, user_turn
+from labs.core.evaluation import exact_match, extract_answer, generate, is_correct, kl_to_reference, percent
+from labs.core.models import load_model, load_tokenizer, require, trainer_kwargs
+from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
+
+PREPARED, SFT, OUT = Path("data/prepared"), Path("models/sft"), Path("models/grpo")
+CURVES = {"reward": "train/reward", "rewards/correct/mean": "train/correct", "kl": "train/kl",
+          "completions/mean_length": "train/completion_length"}
+
+
+def text(completion) -> str:
+    """TRL hands conversational completions over as a list of messages."""
+    return completion[0]["content"] if isinstance(completion, list) else completion
+
+
+def correct(completions, answer, **_) -> list[float]:
+    """1.0 for the gold answer after the last "Answer:"; `answer` is the dataset column of that name."""
+    return [float(is_correct(text(c), gold)) for c, gold in zip(completions, answer, strict=True)]
+
+
+def format_reward(weight: float, eos_token_id: int):
+    """`weight` for an answer in the "... Answer: X" form that ended its turn with EOS."""
+    def formatted(completions, completion_ids, **_) -> list[float]:
+        return [weight * float(extract_answer(text(c)) is not None and eos_token_id in ids)
+                for c, ids in zip(completions, completion_ids, strict=True)]
+    formatted.__name__ = "format"  # TRL logs each reward under its function's name: rewards/format/mean
+    return formatted
+
+
+def trend(history: list[dict], key: str) -> tuple[float, float]:
+    """Mean of the first and of the last tenth of a logged curve."""
+    values = [entry[key] for entry in history if key in entry]
+    tenth = max(1, len(values) // 10)
+    return round(float(np.mean(values[:tenth])), 4), round(float(np.mean(values[-tenth:])), 4)
+
+
+def run(params: Params) -> dict:
+    cfg, ev = params.grpo, params.evaluate
+    sft = require(SFT, "config.json", "sft")
+    tokenizer = load_tokenizer(sft)
+    policy = load_model(sft, cfg.precision, cfg.attn_implementation, training=True)
+    reference = load_model(sft, cfg.precision, cfg.attn_implementation)
+
+    train_file = PREPARED / "rl_train.jsonl"
+    rows = read_jsonl(train_file, "rl")
+    dataset = Dataset.from_list([{"prompt": user_turn(r["prompt"]), "answer": r["answer"]} for r in rows])
+    checkpoints = checkpoint_dir("grpo", {"seed": params.seed, "tier": params.tier, "grpo": cfg.model_dump()},
+                                 [train_file, sft])
+    common = trainer_kwargs(params, cfg, checkpoints) | {"eval_strategy": "no"}
+    common.pop("include_num_input_tokens_seen")
+    args = GRPOConfig(**common, num_generations=cfg.num_generations, beta=cfg.beta, temperature=cfg.temperature,
+                      max_completion_length=cfg.max_completion_length, top_k=0, top_p=1.0)
+    card = run_card("grpo", params, cfg)
+    rewards = [correct, format_reward(cfg.format_reward, tokenizer.eos_token_id)]
+    trainer = GRPOTrainer(model=policy, reward_funcs=rewards, args=args, train_dataset=dataset,
+                          processing_class=tokenizer)
+    metrics = train_resumable(trainer, checkpoints, card)
+    history = trainer.state.log_history
+
+    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    prompts = [r["prompt"] for r in test]
+    before, _ = generate(reference, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
+    after, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
+    # GRPO optimises the answers it samples: held-out accuracy of one sample per prompt at its temperature
+    sampled = {name: exact_match(test, generate(model, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
+                                                temperature=cfg.temperature)[0])["overall"]
+               for name, model in (("before", reference), ("after", policy))}
+    reward_first, reward_last = trend(history, "reward")
+    metrics |= {
+        "reward_first": reward_first, "reward_last": reward_last,
+        "correct_first": trend(history, "rewards/correct/mean")[0],
+        "correct_last": trend(history, "rewards/correct/mean")[1],
+        "exact_match_before": exact_match(test, before), "exact_match": exact_match(test, after),
+        "sampled_exact_match_before": sampled["before"], "sampled_exact_match": sampled["after"],
+        "eos_rate": percent(ended),
+        "kl_to_sft": kl_to_reference(policy, reference, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
+                                     params.seed),
+    }
+    save_model(policy, tokenizer, OUT, card)
+    save_curves("grpo", history, CURVES)
+    finish_checkpoints(checkpoints)
+    print(f"grpo: mean reward {reward_first} -> {reward_last}; held-out exact-match "
+          f"{metrics['exact_match_before']['overall']} -> {metrics['exact_match']['overall']}")
+    return metrics

@@ -1,0 +1,127 @@
+"""ppo — RLHF with PPO: the SFT model learns to please the `reward` model without drifting far from itself.
+
+    just lab ppo
+    dvc exp run -S ppo.kl_coef=0.2
+
+The four models of RLHF, all on the SFT model's architecture:
+  * policy    — the SFT model, trained: it answers the RL prompts by sampling,
+  * reference — the SFT model, frozen: the per-token KL penalty (kl_coef) is measured against it,
+  * reward    — the `reward` lab's model, frozen: scores each finished answer (at its EOS),
+  * value     — initialised from the reward model, trained: predicts the return, for GAE advantages.
+Each update samples a batch of answers, scores them (minus `missing_eos_penalty` for an answer that never
+ended), and takes `ppo_epochs` clipped PPO steps on them. TRL removed PPOTrainer after 1.12.0; this
+project pins trl 1.12.0, where it is `trl.experimental.ppo` (see pyproject.toml).
+
+metrics/ppo.json: the reward and KL curves (first vs last tenth of training, and plots/ppo/), held-out
+exact-match before/after, mean reward of held-out greedy answers before/after, and the signs of reward
+hacking: answer length, repetition, and answers that no longer end.
+PPOTrainer has no resume_from_checkpoint: a killed run starts over (it takes minutes on the CPU tier).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from labs.core.config import Params
+from labs.core.data import read_jsonl
+from labs.core.evaluation import (
+    exact_match,
+    generate,
+    kl_to_reference,
+    mean_words,
+    percent,
+    repetition,
+    reward_scores,
+)
+from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
+from labs.core.run import CHECKPOINT_ROOT, finish_checkpoints, run_card, save_curves, save_model
+
+PREPARED, SFT, REWARD, OUT = Path("data/prepared"), Path("models/sft"), Path("models/reward"), Path("models/ppo")
+CURVES = {"objective/scores": "train/reward", "objective/kl": "train/kl", "objective/rlhf_reward": "train/rlhf_reward",
+          "val/num_eos_tokens": "train/eos_tokens"}
+
+
+def prompt_ids(tokenizer, rows: list[dict]) -> Dataset:
+    """PPOTrainer takes tokenized prompts: the chat template up to the assistant's turn."""
+    return Dataset.from_list([{"input_ids": tokenizer.apply_chat_template(
+        [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=True, return_dict=False)}
+        for r in rows])
+
+
+def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -> tuple[list[str], dict]:
+    prompts = [r["prompt"] for r in test]
+    answers, ended = generate(policy, tokenizer, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size)
+    return answers, {"exact_match": exact_match(test, answers), "eos_rate": percent(ended),
+                     "reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, answers))), 4),
+                     "words": mean_words(answers), "repetition": repetition(answers)}
+
+
+def trend(history: list[dict], key: str) -> tuple[float, float]:
+    """Mean of the first and of the last tenth of a logged curve."""
+    values = [entry[key] for entry in history if key in entry]
+    tenth = max(1, len(values) // 10)
+    return round(float(np.mean(values[:tenth])), 4), round(float(np.mean(values[-tenth:])), 4)
+
+
+def run(params: Params) -> dict:
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    cfg = params.ppo
+    sft = require(SFT, "config.json", "sft")
+    reward_path = require(REWARD, "config.json", "reward")
+    tokenizer = load_tokenizer(sft)
+    tokenizer.padding_side = "left"  # prompts are batched for generation
+    policy = load_model(sft, cfg.precision, cfg.attn_implementation, training=True)
+    reference = load_model(sft, cfg.precision, cfg.attn_implementation)
+    reward = load_reward_model(reward_path, cfg.precision)
+    value = load_reward_model(reward_path, cfg.precision, training=True)  # a value head that starts out informed
+    for model in (reward, value):
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    _, before = answers_report(reference, reward, tokenizer, test, params)
+
+    # No checkpoints: PPOTrainer.train() cannot resume from one (see the docstring).
+    scratch = CHECKPOINT_ROOT / "ppo"
+    common = trainer_kwargs(params, cfg, scratch) | {"save_strategy": "no", "eval_strategy": "no"}
+    common.pop("num_train_epochs"), common.pop("max_steps"), common.pop("include_num_input_tokens_seen")
+    args = PPOConfig(
+        **common, total_episodes=cfg.episodes, num_ppo_epochs=cfg.ppo_epochs, num_mini_batches=cfg.mini_batches,
+        kl_coef=cfg.kl_coef, temperature=cfg.temperature, response_length=cfg.response_length, stop_token="eos",
+        missing_eos_penalty=cfg.missing_eos_penalty, lam=cfg.gae_lambda, gamma=cfg.gamma,
+        num_sample_generations=0,  # no sample tables mid-training: held-out answers are measured below
+    )
+    card = run_card("ppo", params, cfg)
+    trainer = PPOTrainer(
+        args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward,
+        value_model=value, train_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_train.jsonl", "rl")),
+        eval_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_val.jsonl", "rl")),
+    )
+    trainer.train()
+    history = trainer.state.log_history
+
+    _, after = answers_report(policy, reward, tokenizer, test, params)
+    reward_first, reward_last = trend(history, "objective/scores")
+    kl_first, kl_last = trend(history, "objective/kl")
+    metrics = {
+        "updates": trainer.state.global_step, "episodes": trainer.state.episode,
+        "reward_first": reward_first, "reward_last": reward_last, "kl_first": kl_first, "kl_last": kl_last,
+        "kl_max": round(max(e["objective/kl"] for e in history if "objective/kl" in e), 4),
+        "exact_match_before": before["exact_match"], "exact_match": after["exact_match"],
+        "heldout_reward_before": before["reward"], "heldout_reward": after["reward"],
+        "eos_rate_before": before["eos_rate"], "eos_rate": after["eos_rate"],
+        "words_before": before["words"], "words": after["words"],
+        "repetition_before": before["repetition"], "repetition": after["repetition"],
+        "kl_to_sft": kl_to_reference(policy, reference, tokenizer, [r["prompt"] for r in test],
+                                     params.evaluate.max_new_tokens, params.evaluate.batch_size, params.seed),
+    }
+    save_model(policy, tokenizer, OUT, card)
+    save_curves("ppo", history, CURVES)
+    finish_checkpoints(scratch)
+    print(f"ppo: reward {reward_first} -> {reward_last} (KL {kl_first} -> {kl_last}); held-out exact-match "
+          f"{before['exact_match']['overall']} -> {after['exact_match']['overall']}, reward {before['reward']} -> "
+          f"{after['reward']}")
+    return metrics

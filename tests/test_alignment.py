@@ -1,0 +1,79 @@
+"""Alignment labs on the tiny project that `built` made through `dvc repro`: reward, dpo (and its
+variants), ppo, grpo, and the evaluate table that compares them. Each asserts the direction of its effect."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import lab
+
+pytestmark = pytest.mark.slow
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_reward_model_learns_to_rank_held_out_pairs(built):
+    reward = load(built / "metrics/reward.json")
+    assert reward["accuracy"]["overall"] >= reward["accuracy_before"]["overall"] + 15, reward
+    assert reward["margin"] > reward["margin_before"] + 0.5
+    assert {"add", "sort", "overall"} == set(reward["accuracy"])
+    assert -1 <= reward["length_correlation"] <= 1 and reward["samples"] > 0
+    files = {p.name for p in (built / "models/reward").iterdir()}
+    assert {"model.safetensors", "config.json", "run_card.json"} <= files
+    assert load(built / "models/reward/config.json")["architectures"] == ["LlamaForSequenceClassification"]
+
+
+def test_dpo_prefers_chosen_stays_near_sft_and_is_judged(built):
+    dpo = load(built / "metrics/dpo.json")
+    assert dpo["loss"] == "sigmoid" and dpo["pairs"] == "on_policy" and dpo["train_pairs"] > 0
+    assert dpo["fit_preference_accuracy"] > 58, "chosen answers gained on rejected ones relative to SFT (63.7% here)"
+    assert 0 <= dpo["kl_to_sft"] < 5, "DPO's beta keeps the policy near the SFT model"
+    assert dpo["wins"] + dpo["losses"] + dpo["ties"] == 100  # one judgement per held-out prompt
+    assert 0 <= dpo["win_rate"] <= 100
+    assert set(dpo["exact_match"]) == set(dpo["exact_match_before"]) == {"add", "sort", "overall"}
+
+
+def test_ppo_raises_reward_with_bounded_kl(built):
+    ppo = load(built / "metrics/ppo.json")
+    assert ppo["updates"] > 0 and ppo["reward_last"] > ppo["reward_first"], ppo
+    assert ppo["kl_max"] < 5, "the KL penalty keeps the policy near the SFT model"
+    assert ppo["eos_rate"] >= 90, "answers still end: no runaway generations"
+    for key in ("words", "repetition", "heldout_reward", "exact_match"):
+        assert key in ppo and f"{key}_before" in ppo
+    for curve in ("reward", "kl"):
+        assert (built / f"plots/ppo/metrics/train/{curve}.tsv").exists()
+
+
+def test_grpo_raises_reward_and_sampled_accuracy(built):
+    grpo = load(built / "metrics/grpo.json")
+    assert grpo["reward_last"] > grpo["reward_first"] and grpo["correct_last"] > grpo["correct_first"], grpo
+    assert grpo["sampled_exact_match"] > grpo["sampled_exact_match_before"], grpo
+    assert grpo["exact_match"]["overall"] >= grpo["exact_match_before"]["overall"] - 5, "greedy answers hold up"
+    assert (built / "plots/grpo/metrics/train/reward.tsv").exists()
+
+
+def test_evaluate_compares_every_aligned_model(built):
+    table = load(built / "metrics/evaluate.json")["models"]
+    assert list(table) == ["pretrain", "sft", "dpo", "ppo", "grpo"]
+    assert all("reward" in row for row in table.values()), "the reward model judges every row"
+    assert table["grpo"]["exact_match"] == load(built / "metrics/grpo.json")["exact_match"]
+    assert table["sft"]["reward"] > table["pretrain"]["reward"], "the judge prefers answers to rambling"
+
+
+@pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
+def test_every_dpo_variant_is_one_param_away(built, tmp_path, loss):
+    """`-S dpo.loss=X` is all it takes; the variant's metrics land in metrics/dpo.json for the table."""
+    ws = tmp_path / "ws"
+    for part in ("labs", "params.yaml", "data/prepared", "models/sft", "models/reward"):
+        copy = shutil.copytree if (built / part).is_dir() else shutil.copy
+        (ws / part).parent.mkdir(parents=True, exist_ok=True)
+        copy(built / part, ws / part)
+    lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.max_steps=30", cwd=ws)
+    dpo = load(ws / "metrics/dpo.json")
+    assert dpo["loss"] == loss and dpo["steps"] == 30
+    assert dpo["fit_preference_accuracy"] > 52, "chosen answers gained on rejected ones relative to SFT (56-64% here)"
+    assert load(ws / "models/dpo/run_card.json")["config"]["loss"] == loss

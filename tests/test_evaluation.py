@@ -1,0 +1,60 @@
+"""Unit tests of the shared measurements the alignment labs rely on, on a tiny random model built here."""
+
+import random
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from labs.core.evaluation import correlation, kl_to_reference, mean_words, repetition
+from labs.core.models import CHAT_TEMPLATE, SPECIAL_TOKENS
+from labs.data import FAMILIES, Task, copy_slip
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    words = ["a", "b", "c", "1", "2", "Answer:", "\n"]
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + words + ["<unk>"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|end|>",
+                                  unk_token="<unk>")
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_model(tokenizer, seed: int) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=32, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_kl_of_a_model_to_itself_is_zero_and_to_another_is_positive(tokenizer):
+    prompts = ["a b", "c 1 2", "a", "b c a b"]
+    policy, other = tiny_model(tokenizer, 0), tiny_model(tokenizer, 1)
+    assert kl_to_reference(policy, policy, tokenizer, prompts, 6, 2, seed=0) == pytest.approx(0, abs=1e-5)
+    kl = kl_to_reference(policy, other, tokenizer, prompts * 8, 6, 8, seed=0)
+    assert kl > 0.01, "a different random model is not the same distribution"
+    assert kl == kl_to_reference(policy, other, tokenizer, prompts * 8, 6, 8, seed=0), "seeded: same samples"
+
+
+def test_repetition_length_and_correlation():
+    assert repetition(["a b c d"]) == 0
+    assert repetition(["a b c a b c a b c"]) == pytest.approx(100 * 4 / 7, abs=0.01)
+    assert mean_words(["a b", "a b c d"]) == 3
+    assert correlation([1, 2, 3], [2, 4, 6]) == 1
+    assert correlation([1, 2, 3], [5, 5, 5]) is None, "undefined for a constant side"
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_copy_slip_is_always_wrong_and_keeps_the_form(family):
+    rng = random.Random(0)
+    for _ in range(200):
+        task: Task = FAMILIES[family](rng)
+        slip = copy_slip(task, rng)
+        answer = slip.rpartition("Answer: ")[2]
+        assert answer != task.answer and len(answer.split()) == len(task.answer.split())
+        assert slip.startswith(task.steps)

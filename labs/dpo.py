@@ -122,7 +122,8 @@ def run(params: Params) -> dict:
     dataset_pairs = len(train)
     if cfg.pairs == "on_policy":
         train, val = (on_policy_pairs(reference, tokenizer, rows, cfg.samples_per_prompt, cfg.temperature,
-                                      ev.max_new_tokens, ev.batch_size) for rows in (train[:cfg.max_prompts], val))
+                                      ev.max_new_tokens, ev.batch_size, params.seed)
+                      for rows in (train[:cfg.max_prompts], val))
     checkpoints = checkpoint_dir("dpo", {"seed": params.seed, "tier": params.tier, "dpo": cfg.model_dump()},
                                  [*files, sft])
     card = run_card("dpo", params, cfg)

@@ -88,7 +88,7 @@ def run(params: Params) -> dict:
     after, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
     # GRPO optimises the answers it samples: held-out accuracy of one sample per prompt at its temperature
     sampled = {name: exact_match(test, generate(model, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
-                                                temperature=cfg.temperature)[0])["overall"]
+                                                temperature=cfg.temperature, seed=params.seed)[0])["overall"]
                for name, model in (("before", reference), ("after", policy))}
     reward_first, reward_last = trend(history, "reward")
     metrics |= {

@@ -60,7 +60,7 @@ def run(params: Params) -> dict:
     dataset_pairs, on_policy = len(train), []
     if cfg.pairs == "with_on_policy":
         on_policy = on_policy_pairs(policy, tokenizer, train[:cfg.on_policy_prompts], cfg.on_policy_samples, 1.0,
-                                    params.evaluate.max_new_tokens, params.evaluate.batch_size)
+                                    params.evaluate.max_new_tokens, params.evaluate.batch_size, params.seed)
     checkpoints = checkpoint_dir("reward", {"seed": params.seed, "tier": params.tier, "reward": cfg.model_dump()},
                                  [*files[:2], sft])
     args = RewardConfig(**trainer_kwargs(params, cfg, checkpoints), max_length=cfg.max_length,
@@ -80,7 +80,7 @@ def run(params: Params) -> dict:
     rows = read_jsonl(PREPARED / "sft_test.jsonl", "sft") * cfg.samples_per_prompt
     prompts = [r["prompt"] for r in rows]
     samples, _ = generate(policy, tokenizer, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
-                          temperature=1.0)
+                          temperature=1.0, seed=params.seed)
     scores = reward_scores(model, tokenizer, prompts, samples)
     correct = [is_correct(s, r["answer"]) for s, r in zip(samples, rows, strict=True)]
     lengths = [len(tokenizer(s)["input_ids"]) for s in samples]

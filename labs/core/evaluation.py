@@ -24,9 +24,12 @@ def extract_answer(completion: str) -> str | None:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             temperature: float | None = None) -> tuple[list[str], list[bool]]:
+             temperature: float | None = None, seed: int = 0) -> tuple[list[str], list[bool]]:
     """Completions of chat-formatted `prompts` (greedy, or sampled at `temperature`), and whether each ended
-    its turn with EOS before `max_new_tokens` (RL labs sample from the SFT model and need it to stop)."""
+    its turn with EOS before `max_new_tokens` (RL labs sample from the SFT model and need it to stop).
+    Sampling starts from `seed`: two models compared on the same prompts draw the same random numbers."""
+    if temperature:
+        torch.manual_seed(seed)
     completions, ended = [], []
     for start in range(0, len(prompts), batch_size):
         batch, new_tokens = _complete(model, tokenizer, prompts[start:start + batch_size], max_new_tokens,
@@ -162,7 +165,7 @@ def mean_words(completions: list[str]) -> float:
 
 
 def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int, temperature: float,
-                    max_new_tokens: int, batch_size: int) -> list[dict]:
+                    max_new_tokens: int, batch_size: int, seed: int) -> list[dict]:
     """Preference pairs from a model's own mistakes: for each preference row's prompt, sample answers; each
     distinct wrong one (checked against the chosen answer's "Answer: X") becomes the rejected side of a pair
     with the chosen answer. This is how RLHF collects comparisons (on the policy's samples), with the task
@@ -171,7 +174,7 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int,
 
     repeated = [r for r in rows for _ in range(samples_per_prompt)]
     samples, _ = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens, batch_size,
-                          temperature=temperature)
+                          temperature=temperature, seed=seed)
     pairs, seen = [], set()
     for row, sample in zip(repeated, samples, strict=True):
         gold = extract_answer(row["chosen"])

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from labs.__main__ import LABS
 from labs.core.evaluation import peft_table, results_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -17,6 +18,8 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 def render(metrics_dir: Path = Path("metrics")) -> str:
     evaluation = json.loads((metrics_dir / "evaluate.json").read_text())["models"]
+    order = list(LABS)  # metrics files sort their keys; the table follows the curriculum
+    evaluation = dict(sorted(evaluation.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99))
     lines = [results_table(evaluation), ""]
     for lab in ("pretrain", "sft"):
         path = metrics_dir / f"{lab}.json"

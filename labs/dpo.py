@@ -4,9 +4,11 @@
     dvc exp run -S dpo.loss=ipo            # or kto | orpo | simpo; `dvc exp show` compares them
 
 Every method starts from the SFT model and learns from the same pairs (chosen = right answer, rejected =
-a plausible slip), with no reward model and no sampling:
+a plausible slip), with no reward model:
 `pairs: on_policy` (the CPU tier's default) replaces the file's pairs with the SFT model's own mistakes:
 answers sampled on the same prompts, checked against the chosen answer, each wrong one rejected.
+`sft_weight` adds the chosen answers' NLL to DPO/IPO (RPO): without it DPO lowers the likelihood of right
+answers too, and greedy answers of families it barely saw pairs for get worse.
   * sigmoid — DPO: -log sigmoid(beta * (chosen's log-ratio to the frozen reference - rejected's))
   * ipo     — IPO: the same log-ratio margin pulled to 1/(2 beta) by a squared loss (does not saturate)
   * kto     — KTO: each pair split into two unpaired rows (chosen: desirable, rejected: undesirable)

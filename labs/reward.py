@@ -16,11 +16,14 @@ metrics/reward.json:
   * correctness correlation: the SFT model's sampled answers to held-out prompts, scored by the reward
     model, against whether they are right (a reward model for RL must rank its policy's samples, not
     only the curated pairs),
+  * ranks own samples: among those samples, how often a right answer outscores a wrong one to the same
+    prompt: the comparison PPO's advantage rests on (50% is a coin),
   * length correlation: the same samples' reward against their length (a known reward-model shortcut).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,16 @@ def pairwise(model, tokenizer, rows: list[dict]) -> dict:
     accuracy = {f: round(100 * float((margins[families == f] > 0).mean()), 2) for f in sorted(set(families))}
     return {"accuracy": accuracy | {"overall": round(100 * float((margins > 0).mean()), 2)},
             "margin": round(float(margins.mean()), 4)}
+
+
+def ranks_own_samples(prompts: list[str], scores: list[float], correct: list[bool]) -> dict:
+    """What PPO needs from its judge: among samples of the same prompt, does a right answer outscore a wrong
+    one? Percent of such (right, wrong) pairs ranked right first, and how many there were."""
+    by_prompt = defaultdict(lambda: ([], []))
+    for prompt, score, ok in zip(prompts, scores, correct, strict=True):
+        by_prompt[prompt][0 if ok else 1].append(score)
+    ranked = [r > w for right, wrong in by_prompt.values() for r in right for w in wrong]
+    return {"accuracy": round(100 * float(np.mean(ranked)), 2) if ranked else None, "pairs": len(ranked)}
 
 
 def run(params: Params) -> dict:
@@ -87,6 +100,7 @@ def run(params: Params) -> dict:
     families = {r.get("family") for r in rows}
     metrics |= {
         "samples": len(samples),
+        "ranks_own_samples": ranks_own_samples(prompts, scores, correct),
         "samples_correct_pct": round(100 * float(np.mean(correct)), 2),
         "correctness_correlation": correlation(scores, correct),
         "length_correlation": correlation(scores, lengths),

@@ -58,3 +58,15 @@ def test_copy_slip_is_always_wrong_and_keeps_the_form(family):
         answer = slip.rpartition("Answer: ")[2]
         assert answer != task.answer and len(answer.split()) == len(task.answer.split())
         assert slip.startswith(task.steps)
+
+
+def test_ranks_own_samples_compares_right_and_wrong_answers_to_the_same_prompt_only():
+    from labs.reward import ranks_own_samples
+
+    prompts = ["p", "p", "p", "q", "q", "r"]
+    scores = [3.0, 1.0, 5.0, 9.0, 0.0, 7.0]
+    correct = [True, False, False, False, True, True]
+    # p: right 3 vs wrong 1 (ranked) and 5 (not); q: right 0 vs wrong 9 (not); r has no wrong answer.
+    # Across prompts the wrong 9 would beat every right answer: it must not be compared with them.
+    assert ranks_own_samples(prompts, scores, correct) == {"accuracy": 33.33, "pairs": 3}
+    assert ranks_own_samples(["p"], [1.0], [True]) == {"accuracy": None, "pairs": 0}

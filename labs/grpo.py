@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
@@ -26,7 +25,7 @@ from labs.core.config import Params
 from labs.core.data import read_jsonl, user_turn
 from labs.core.evaluation import exact_match, extract_answer, generate, is_correct, kl_to_reference, percent
 from labs.core.models import load_model, load_tokenizer, require, trainer_kwargs
-from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
+from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable, trend
 
 PREPARED, SFT, OUT = Path("data/prepared"), Path("models/sft"), Path("models/grpo")
 CURVES = {"reward": "train/reward", "rewards/correct/mean": "train/correct", "kl": "train/kl",
@@ -50,13 +49,6 @@ def format_reward(weight: float, eos_token_id: int):
                 for c, ids in zip(completions, completion_ids, strict=True)]
     formatted.__name__ = "format"  # TRL logs each reward under its function's name: rewards/format/mean
     return formatted
-
-
-def trend(history: list[dict], key: str) -> tuple[float, float]:
-    """Mean of the first and of the last tenth of a logged curve."""
-    values = [entry[key] for entry in history if key in entry]
-    tenth = max(1, len(values) // 10)
-    return round(float(np.mean(values[:tenth])), 4), round(float(np.mean(values[-tenth:])), 4)
 
 
 def run(params: Params) -> dict:

@@ -277,3 +277,11 @@ def save_curves(lab: str, log_history: list[dict], curves: dict[str, str] = LOSS
                     curve.step = entry["step"]
                     curve.dump(entry[key])
     return out
+
+
+def trend(log_history: list[dict], key: str) -> tuple[float, float]:
+    """Mean of the first and of the last tenth of a logged curve: RL rewards are too noisy update to update
+    to compare two single points."""
+    values = [entry[key] for entry in log_history if key in entry]
+    tenth = max(1, len(values) // 10)
+    return round(sum(values[:tenth]) / tenth, 4), round(sum(values[-tenth:]) / tenth, 4)

@@ -13,8 +13,10 @@ ended), and takes `ppo_epochs` clipped PPO steps on them. TRL removed PPOTrainer
 project pins trl 1.12.0, where it is `trl.experimental.ppo` (see pyproject.toml).
 
 metrics/ppo.json: the reward and KL curves (first vs last tenth of training, and plots/ppo/), held-out
-exact-match before/after, mean reward of held-out greedy answers before/after, and the signs of reward
-hacking: answer length, repetition, and answers that no longer end.
+exact-match before/after, mean reward of held-out answers before/after (greedy, and sampled as in training
+with the same random numbers), and the signs of reward hacking: answer length, repetition, and answers that
+no longer end. Read the training curve with care: each batch mixes task families the judge scores on
+different scales, so its ups and downs are mostly the batches'; the held-out sampled reward is the policy's.
 PPOTrainer has no resume_from_checkpoint: a killed run starts over (it takes minutes on the CPU tier).
 """
 
@@ -37,7 +39,7 @@ from labs.core.evaluation import (
     reward_scores,
 )
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
-from labs.core.run import CHECKPOINT_ROOT, finish_checkpoints, run_card, save_curves, save_model
+from labs.core.run import CHECKPOINT_ROOT, finish_checkpoints, run_card, save_curves, save_model, trend
 
 PREPARED, SFT, REWARD, OUT = Path("data/prepared"), Path("models/sft"), Path("models/reward"), Path("models/ppo")
 CURVES = {"objective/scores": "train/reward", "objective/kl": "train/kl", "objective/rlhf_reward": "train/rlhf_reward",
@@ -51,19 +53,18 @@ def prompt_ids(tokenizer, rows: list[dict]) -> Dataset:
         for r in rows])
 
 
-def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -> tuple[list[str], dict]:
-    prompts = [r["prompt"] for r in test]
-    answers, ended = generate(policy, tokenizer, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size)
-    return answers, {"exact_match": exact_match(test, answers), "eos_rate": percent(ended),
-                     "reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, answers))), 4),
-                     "words": mean_words(answers), "repetition": repetition(answers)}
-
-
-def trend(history: list[dict], key: str) -> tuple[float, float]:
-    """Mean of the first and of the last tenth of a logged curve."""
-    values = [entry[key] for entry in history if key in entry]
-    tenth = max(1, len(values) // 10)
-    return round(float(np.mean(values[:tenth])), 4), round(float(np.mean(values[-tenth:])), 4)
+def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -> dict:
+    """Greedy answers to held-out prompts (exact-match, reward, hacking signs), and the reward of answers
+    sampled as in training: the same prompts and random numbers for every model, so unlike the training
+    curve (a new mix of task families each batch) the difference is the policy's alone."""
+    prompts, ev = [r["prompt"] for r in test], params.evaluate
+    answers, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
+    sampled, _ = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
+                          temperature=params.ppo.temperature, seed=params.seed)
+    return {"exact_match": exact_match(test, answers), "eos_rate": percent(ended),
+            "reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, answers))), 4),
+            "sampled_reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, sampled))), 4),
+            "words": mean_words(answers), "repetition": repetition(answers)}
 
 
 def run(params: Params) -> dict:
@@ -82,7 +83,7 @@ def run(params: Params) -> dict:
         model.config.pad_token_id = tokenizer.pad_token_id
 
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
-    _, before = answers_report(reference, reward, tokenizer, test, params)
+    before = answers_report(reference, reward, tokenizer, test, params)
 
     # No checkpoints: PPOTrainer.train() cannot resume from one (see the docstring).
     scratch = CHECKPOINT_ROOT / "ppo"
@@ -103,7 +104,7 @@ def run(params: Params) -> dict:
     trainer.train()
     history = trainer.state.log_history
 
-    _, after = answers_report(policy, reward, tokenizer, test, params)
+    after = answers_report(policy, reward, tokenizer, test, params)
     reward_first, reward_last = trend(history, "objective/scores")
     kl_first, kl_last = trend(history, "objective/kl")
     metrics = {
@@ -112,6 +113,7 @@ def run(params: Params) -> dict:
         "kl_max": round(max(e["objective/kl"] for e in history if "objective/kl" in e), 4),
         "exact_match_before": before["exact_match"], "exact_match": after["exact_match"],
         "heldout_reward_before": before["reward"], "heldout_reward": after["reward"],
+        "heldout_sampled_reward_before": before["sampled_reward"], "heldout_sampled_reward": after["sampled_reward"],
         "eos_rate_before": before["eos_rate"], "eos_rate": after["eos_rate"],
         "words_before": before["words"], "words": after["words"],
         "repetition_before": before["repetition"], "repetition": after["repetition"],
@@ -122,6 +124,6 @@ def run(params: Params) -> dict:
     save_curves("ppo", history, CURVES)
     finish_checkpoints(scratch)
     print(f"ppo: reward {reward_first} -> {reward_last} (KL {kl_first} -> {kl_last}); held-out exact-match "
-          f"{before['exact_match']['overall']} -> {after['exact_match']['overall']}, reward {before['reward']} -> "
-          f"{after['reward']}")
+          f"{before['exact_match']['overall']} -> {after['exact_match']['overall']}, sampled answers' reward "
+          f"{before['sampled_reward']} -> {after['sampled_reward']}")
     return metrics

@@ -54,15 +54,19 @@ def alignment(metrics_dir: Path) -> list[str]:
         lines.append(f"- `reward`: held-out pairwise accuracy {reward['accuracy_before']['overall']}% → "
                      f"**{reward['accuracy']['overall']}%**, margin {reward['margin']}; on the SFT model's own "
                      f"samples its score correlates {reward['correctness_correlation']} with correctness and "
-                     f"{reward['length_correlation']} with length ({took(reward)}).")
+                     f"{reward['length_correlation']} with length, and ranks a right answer above a wrong one to the "
+                     f"same prompt {reward['ranks_own_samples']['accuracy']}% of the time ({took(reward)}).")
     if dpo := load("dpo"):
         lines.append(f"- `dpo` ({dpo['loss']}, {dpo['pairs']} pairs): EM {dpo['exact_match_before']['overall']} → "
                      f"**{dpo['exact_match']['overall']}**, preference accuracy {dpo['preference_accuracy']}%, "
                      f"KL to SFT {dpo['kl_to_sft']}, win rate vs SFT {dpo['win_rate']}% judged by `reward` "
                      f"({dpo['wins']} wins, {dpo['losses']} losses, {dpo['ties']} ties; {took(dpo)}).")
     if ppo := load("ppo"):
-        lines.append(f"- `ppo`: training reward {ppo['reward_first']} → **{ppo['reward_last']}** (KL "
-                     f"{ppo['kl_first']} → {ppo['kl_last']}), EM {ppo['exact_match_before']['overall']} → "
+        lines.append(f"- `ppo`: reward of answers sampled on the held-out prompts "
+                     f"{ppo['heldout_sampled_reward_before']} → **{ppo['heldout_sampled_reward']}**; training reward "
+                     f"(first → last tenth) "
+                     f"{ppo['reward_first']} → {ppo['reward_last']} (KL {ppo['kl_first']} → {ppo['kl_last']}, max "
+                     f"{ppo['kl_max']}), EM {ppo['exact_match_before']['overall']} → "
                      f"{ppo['exact_match']['overall']}, answer length {ppo['words_before']} → {ppo['words']} words, "
                      f"repetition {ppo['repetition_before']}% → {ppo['repetition']}% ({took(ppo)}).")
     if grpo := load("grpo"):

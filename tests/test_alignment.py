@@ -39,10 +39,12 @@ def test_dpo_prefers_chosen_stays_near_sft_and_is_judged(built):
 
 def test_ppo_raises_reward_with_bounded_kl(built):
     ppo = load(built / "metrics/ppo.json")
-    assert ppo["updates"] > 0 and ppo["reward_last"] > ppo["reward_first"], ppo
+    # Scored on fixed held-out prompts with the same random numbers before and after (the training curve's
+    # tenths differ in their mix of task families too): 0.78 -> 1.29 here, while EM fell 41 -> 9.
+    assert ppo["updates"] > 0 and ppo["heldout_sampled_reward"] > ppo["heldout_sampled_reward_before"] + 0.1, ppo
     assert ppo["kl_max"] < 5, "the KL penalty keeps the policy near the SFT model"
     assert ppo["eos_rate"] >= 90, "answers still end: no runaway generations"
-    for key in ("words", "repetition", "heldout_reward", "exact_match"):
+    for key in ("words", "repetition", "heldout_reward", "heldout_sampled_reward", "exact_match"):
         assert key in ppo and f"{key}_before" in ppo
     for curve in ("reward", "kl"):
         assert (built / f"plots/ppo/metrics/train/{curve}.tsv").exists()

@@ -28,7 +28,7 @@ import numpy as np
 from datasets import Dataset
 
 from labs.core.config import Params
-from labs.core.data import read_jsonl
+from labs.core.data import read_jsonl, user_turn
 from labs.core.evaluation import (
     exact_match,
     generate,
@@ -49,8 +49,7 @@ CURVES = {"objective/scores": "train/reward", "objective/kl": "train/kl", "objec
 def prompt_ids(tokenizer, rows: list[dict]) -> Dataset:
     """PPOTrainer takes tokenized prompts: the chat template up to the assistant's turn."""
     return Dataset.from_list([{"input_ids": tokenizer.apply_chat_template(
-        [{"role": "user", "content": r["prompt"]}], add_generation_prompt=True, tokenize=True, return_dict=False)}
-        for r in rows])
+        user_turn(r["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=False)} for r in rows])
 
 
 def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -> dict:

@@ -41,6 +41,10 @@ repro: _data
 test *ARGS:
     python -m pytest {{ARGS}}
 
+# a benchmark: ratios measured side by side in one run (`just bench compression`)
+bench NAME:
+    python -m labs.bench {{NAME}}
+
 # lint
 lint:
     ruff check .

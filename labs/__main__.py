@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from labs.core.config import PARAMS_FILE, ConfigError, load_params
 from labs.core.data import CONVERTERS, DataError, convert
-
-# bitsandbytes (imported by peft and trl) warns at import on AVX512-BF16 CPUs that it cannot fetch an
-# optional fused 4-bit kernel from the hub; offline it uses its dequantize-then-matmul path, which is
-# what qlora measures. The warning would break every lab's one-line error output.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # name -> one line; the module is labs/<name>.py. Order = curriculum order.
 LABS = {
@@ -33,6 +27,9 @@ LABS = {
     "dpo": "preference optimisation of the SFT model: DPO, or IPO / KTO / ORPO / SimPO by one param",
     "ppo": "RLHF with PPO: policy, value model, frozen reward model and reference, KL penalty",
     "grpo": "GRPO with a verifiable reward: exact match of the answer plus a format reward",
+    "distill": "knowledge distillation of the SFT model into a 7x smaller student, against hard labels only",
+    "prune": "magnitude pruning at several sparsities, each with a short recovery fine-tune",
+    "quantize": "int8 / NF4 / torch.ao / torchao quantization and QAT: the compression table",
     "evaluate": "exact-match per task family and perplexity for every model, one table",
 }
 

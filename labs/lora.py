@@ -24,18 +24,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model
+from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from labs.core.adapters import MERGEABLE, peft_config, train_adapter
 from labs.core.config import LoraParams, Params
-from labs.core.data import DataError, read_jsonl
-from labs.core.evaluation import generate, percent
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
-from labs.sft import finetune
+from labs.core.train import held_out_answers, identical
 
-PREPARED, BASE, OUT = Path("data/prepared"), Path("models/pretrain"), Path("models/lora")
-MERGEABLE = {"lora", "dora", "ia3"}  # prefix / prompt tuning add virtual tokens: nothing to fold into weights
+BASE, OUT = Path("models/pretrain"), Path("models/lora")
 
 # The GPU tiers' base models, from their published config.json (no download needed): the share of
 # parameters the same LoRA config trains there is counted on the real architecture, built on the meta device.
@@ -49,30 +47,6 @@ GPU_TIER_MODELS = {
 }
 
 
-def token_ids(tokenizer, tokens: list[str]) -> list[int]:
-    vocabulary = tokenizer.get_vocab()
-    for token in tokens:
-        if token not in vocabulary:
-            raise DataError(f"params.yaml: lora.trainable_tokens: {token!r} is not a token of this tokenizer")
-    return [vocabulary[token] for token in tokens]
-
-
-def peft_config(cfg: LoraParams, tokenizer=None):
-    if cfg.method in ("lora", "dora"):
-        tokens = token_ids(tokenizer, cfg.trainable_tokens) if cfg.trainable_tokens and tokenizer else None
-        return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                          target_modules=cfg.target_modules, use_dora=cfg.method == "dora",
-                          trainable_token_indices=tokens, task_type="CAUSAL_LM")
-    if cfg.method == "prefix":
-        return PrefixTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, task_type="CAUSAL_LM")
-    if cfg.method == "prompt":
-        # Start from embeddings of real vocabulary tokens: random vectors sit far from anything the model saw.
-        return PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, prompt_tuning_init="SAMPLE_VOCAB",
-                                  task_type="CAUSAL_LM")
-    return IA3Config(target_modules=cfg.target_modules, feedforward_modules=cfg.ia3_feedforward_modules,
-                     task_type="CAUSAL_LM")
-
-
 def trainable_share(cfg: LoraParams, config) -> dict:
     """Parameters and the share `cfg`'s adapter trains on a model of `config`, built without weights."""
     with torch.device("meta"):
@@ -80,32 +54,6 @@ def trainable_share(cfg: LoraParams, config) -> dict:
     total = count_parameters(model)
     trainable = sum(p.numel() for p in get_peft_model(model, peft_config(cfg)).parameters() if p.requires_grad)
     return {"parameters": total, "trainable_parameters": trainable, "trainable_pct": round(100 * trainable / total, 3)}
-
-
-def train_adapter(params: Params, cfg: LoraParams, lab: str, model, tokenizer, base: Path, total: int):
-    """`finetune` through the adapter `cfg` names; adds what every PEFT row of the comparison reports.
-    `total` is the base's parameter count (a 4-bit model packs two weights per stored element)."""
-    trainer, metrics, card = finetune(params, cfg, lab, model, tokenizer, base, peft_config(cfg, tokenizer))
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    metrics |= {
-        "method": cfg.method,
-        "parameters": total,
-        "trainable_parameters": trainable,
-        "trainable_pct": round(100 * trainable / total, 3),
-    }
-    return trainer, metrics, card
-
-
-def held_out_answers(model, tokenizer, params: Params) -> tuple[list[dict], list[str]]:
-    """The held-out test rows and `model`'s greedy completions of their prompts."""
-    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
-    completions, _ = generate(model, tokenizer, [r["prompt"] for r in test],
-                              params.evaluate.max_new_tokens, params.evaluate.batch_size)
-    return test, completions
-
-
-def identical(a: list[str], b: list[str]) -> float:
-    return percent([x == y for x, y in zip(a, b, strict=True)])
 
 
 def run(params: Params) -> dict:

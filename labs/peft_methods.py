@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
+from labs.core.adapters import train_adapter
 from labs.core.config import LoraParams, Params
 from labs.core.evaluation import peft_table
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, peak_gpu_mb, peak_rss_mb, reset_peak_memory, safetensors_mb, save_model
-from labs.lora import train_adapter
 
 BASE, OUT, METRICS = Path("models/pretrain"), Path("models/peft_methods"), Path("metrics")
 

@@ -16,22 +16,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
-
 from labs.core.config import Params
-from labs.core.data import read_jsonl
-from labs.core.models import (
-    build_llama,
-    count_parameters,
-    load_model,
-    load_tokenizer,
-    require,
-    trainer_kwargs,
-)
-from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
+from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
+from labs.core.run import save_model
+from labs.core.train import train_on_corpus
 
-PREPARED, OUT = Path("data/prepared"), Path("models/pretrain")
+OUT = Path("models/pretrain")
 
 
 def run(params: Params) -> dict:
@@ -45,33 +35,10 @@ def run(params: Params) -> dict:
     n_params = count_parameters(model)
     print(f"pretrain: {n_params / 1e6:.2f}M parameters, base={cfg.base_model or 'from scratch'}")
 
-    train = Dataset.from_list(read_jsonl(PREPARED / "corpus_train.jsonl", "text"))
-    val = Dataset.from_list(read_jsonl(PREPARED / "corpus_val.jsonl", "text"))
-    checkpoints = checkpoint_dir("pretrain", params.model_dump(include={"seed", "tier", "pretrain"}),
-                                 [PREPARED / "corpus_train.jsonl", PREPARED / "corpus_val.jsonl",
-                                  Path("models/tokenizer")])
-    args = SFTConfig(
-        **trainer_kwargs(params, cfg, checkpoints),
-        max_length=cfg.max_length,
-        packing=True,
-        packing_strategy="wrapped",
-        dataset_text_field="text",
-        completion_only_loss=False,  # plain text: every token is a target
-    )
-    card = run_card("pretrain", params, cfg)  # saved with every checkpoint and with the final model
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                         processing_class=tokenizer)
-
-    metrics = {"parameters": n_params, "base_model": cfg.base_model or "scratch"}
-    metrics["val_loss_before"] = round(trainer.evaluate()["eval_loss"], 4)
-    if cfg.base_model is None or cfg.max_steps != 0:
-        metrics |= train_resumable(trainer, checkpoints, card)
-    metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
-    metrics["val_perplexity"] = round(math.exp(metrics["val_loss"]), 3)
-
+    trainer, metrics, card = train_on_corpus(params, cfg, "pretrain", model, tokenizer, [Path("models/tokenizer")],
+                                             cfg.max_length, train=cfg.base_model is None or cfg.max_steps != 0)
+    metrics |= {"parameters": n_params, "base_model": cfg.base_model or "scratch",
+                "val_perplexity": round(math.exp(metrics["val_loss"]), 3)}
     save_model(trainer.model, tokenizer, OUT, card)
-    save_curves("pretrain", trainer.state.log_history)
-    finish_checkpoints(checkpoints)
     print(f"pretrain: val loss {metrics['val_loss_before']} -> {metrics['val_loss']}")
     return metrics
-

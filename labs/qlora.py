@@ -26,11 +26,12 @@ import bitsandbytes as bnb
 from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
+from labs.core.adapters import train_adapter
 from labs.core.config import Params, QLoraParams
 from labs.core.evaluation import exact_match
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
-from labs.lora import held_out_answers, identical, train_adapter
+from labs.core.train import held_out_answers, identical
 
 BASE, OUT = Path("models/pretrain"), Path("models/qlora")
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from labs.__main__ import LABS
-from labs.core.evaluation import peft_table, results_table
+from labs.core.evaluation import compression_table, peft_table, results_table
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -37,7 +37,33 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
                            for name, share in lora["trainable_share_by_model"].items() if name != "this base")
         lines += ["", f"- The same `{lora['method']}` config trains {shares}: counted on the real architectures."]
     lines += alignment(metrics_dir)
+    lines += compression(metrics_dir)
     return "\n".join(lines)
+
+
+def compression(metrics_dir: Path) -> list[str]:
+    """The compression table (every row measured in one `quantize` run) and what distill and prune showed."""
+    path = metrics_dir / "quantize.json"
+    if not path.exists():
+        return []
+    lines = ["", "Compression of the SFT model (`just lab distill|prune|quantize`; every row measured in the "
+             "`quantize` run, tokens/s side by side):", "", compression_table(json.loads(path.read_text())["rows"])]
+    if (distill_path := metrics_dir / "distill.json").exists():
+        d = json.loads(distill_path.read_text())
+        s, h = d["student"], d["hard_labels"]
+        lines += ["", f"- `distill` (T = {d['loss']['temperature']}, α = {d['loss']['alpha']}): a student with "
+                  f"{s['parameter_ratio']}× fewer parameters decodes {s['speedup']['batch_1']}× faster at batch 1 "
+                  f"({s['speedup']['batch_64']}× at batch 64) and reaches EM **{s['exact_match']['overall']}** "
+                  f"({s['quality_pct']}% of the teacher's {d['teacher']['exact_match']['overall']}); the same student "
+                  f"on hard labels only: {h['exact_match']['overall']} ({d['run']['wall_time_s']:.0f} s)."]
+    if (prune_path := metrics_dir / "prune.json").exists():
+        p = json.loads(prune_path.read_text())
+        steps = ", ".join(f"{r['sparsity_pct']}% zeros: EM {r['exact_match_before_recovery']['overall']} → "
+                          f"{r['exact_match']['overall']}" for r in p["sparsities"].values())
+        recovery = next(iter(p["sparsities"].values()))["steps"]
+        lines.append(f"- `prune` ({p['kind']}), held-out EM right after pruning → after {recovery} recovery steps: "
+                     f"{steps} ({p['run']['wall_time_s']:.0f} s).")
+    return lines
 
 
 def alignment(metrics_dir: Path) -> list[str]:

@@ -23,7 +23,6 @@ metrics/reward.json:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,14 @@ from trl import RewardConfig, RewardTrainer
 
 from labs.core.config import Params
 from labs.core.data import preference_chats, read_jsonl
-from labs.core.evaluation import correlation, generate, is_correct, on_policy_pairs, reward_scores
+from labs.core.evaluation import (
+    correlation,
+    generate,
+    is_correct,
+    on_policy_pairs,
+    ranks_own_samples,
+    reward_scores,
+)
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
 
@@ -48,16 +54,6 @@ def pairwise(model, tokenizer, rows: list[dict]) -> dict:
     accuracy = {f: round(100 * float((margins[families == f] > 0).mean()), 2) for f in sorted(set(families))}
     return {"accuracy": accuracy | {"overall": round(100 * float((margins > 0).mean()), 2)},
             "margin": round(float(margins.mean()), 4)}
-
-
-def ranks_own_samples(prompts: list[str], scores: list[float], correct: list[bool]) -> dict:
-    """What PPO needs from its judge: among samples of the same prompt, does a right answer outscore a wrong
-    one? Percent of such (right, wrong) pairs ranked right first, and how many there were."""
-    by_prompt = defaultdict(lambda: ([], []))
-    for prompt, score, ok in zip(prompts, scores, correct, strict=True):
-        by_prompt[prompt][0 if ok else 1].append(score)
-    ranked = [r > w for right, wrong in by_prompt.values() for r in right for w in wrong]
-    return {"accuracy": round(100 * float(np.mean(ranked)), 2) if ranked else None, "pairs": len(ranked)}
 
 
 def run(params: Params) -> dict:

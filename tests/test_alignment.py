@@ -77,7 +77,8 @@ def test_every_dpo_variant_is_one_param_away(built, tmp_path):
         (ws / part).parent.mkdir(parents=True, exist_ok=True)
         copy(built / part, ws / part)
     for loss in ("ipo", "kto", "orpo", "simpo"):
-        lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.pairs=dataset", "-S", "dpo.max_steps=30", cwd=ws)
+        lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.pairs=dataset", "-S", "dpo.max_steps=30",
+            "-S", "evaluate.max_new_tokens=8", cwd=ws)  # only the fitted preference accuracy is asserted
         dpo = load(ws / "metrics/dpo.json")
         assert dpo["loss"] == loss and dpo["steps"] == 30 and dpo["pairs"] == "dataset"
         # measured here: ipo 79, kto 79, simpo 77, orpo 53.5 (its NLL term on chosen dominates 30 steps)

@@ -61,7 +61,7 @@ def test_copy_slip_is_always_wrong_and_keeps_the_form(family):
 
 
 def test_ranks_own_samples_compares_right_and_wrong_answers_to_the_same_prompt_only():
-    from labs.reward import ranks_own_samples
+    from labs.core.evaluation import ranks_own_samples
 
     prompts = ["p", "p", "p", "q", "q", "r"]
     scores = [3.0, 1.0, 5.0, 9.0, 0.0, 7.0]

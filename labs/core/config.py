@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -187,6 +187,47 @@ class GRPOParams(TrainParams):
     format_reward: float = Field(0.2, ge=0)  # for an answer in the "... Answer: X" form that ended with EOS
 
 
+class StudentPretrainParams(TrainParams):
+    """The distilled student's own pretraining on the corpus, before either fine-tune."""
+
+    max_length: int = Field(256, gt=0)
+
+
+class DistillParams(SFTParams):
+    """Knowledge distillation from the SFT model (teacher) into a smaller student of the same tokenizer."""
+
+    # null: a Llama of `student` shape built here; a hub id or local directory: that model (same tokenizer)
+    student_model: str | None = None
+    student: ModelShape = ModelShape(hidden_size=64, num_layers=2, intermediate_size=256)
+    pretrain: StudentPretrainParams = StudentPretrainParams()
+    temperature: float = Field(2.0, gt=0)  # softens both distributions; the soft term is scaled by T^2
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft-label term; 1 - alpha goes to the hard labels
+
+
+QuantMethod = Literal["int8", "nf4", "dynamic_int8", "torchao_int8", "torchao_int4", "qat_int4", "gptq", "awq"]
+
+
+class QuantizeParams(Section):
+    """Post-training quantization (and QAT) of the SFT model and the distilled student."""
+
+    method: Literal["all"] | QuantMethod = "all"  # all: every method this device can run, one row each
+    models: list[Literal["sft", "distill"]] = ["sft", "distill"]
+    student_methods: list[QuantMethod] = ["int8", "nf4"]  # the distilled student's quantized rows
+    group_size: int = Field(32, gt=0)  # torchao int4 / QAT: weights per quantization scale
+    qat: SFTParams = SFTParams(epochs=1, lr=2e-4)  # QAT's fine-tune with fake-quantized weights
+    speed_prompts: int = Field(64, gt=0)  # held-out prompts each tokens/s measurement decodes
+    speed_rounds: int = Field(3, gt=0)  # interleaved rounds; the best of each model's rounds counts
+
+
+class PruneParams(SFTParams):
+    """Magnitude pruning of the SFT model's linear layers, each sparsity followed by a short recovery fine-tune."""
+
+    kind: Literal["unstructured", "structured"] = "unstructured"
+    # share of each pruned weight set set to zero: global over all linears (unstructured), whole rows per layer
+    # (structured, L2 norm)
+    sparsities: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
+
+
 class EvaluateParams(Section):
     models: list[str] = ["pretrain", "sft"]
     reward_model: str | None = None  # a directory under models/ whose scores become a column (null: none)
@@ -210,6 +251,9 @@ class Params(Section):
     dpo: DPOParams = DPOParams()
     ppo: PPOParams = PPOParams()
     grpo: GRPOParams = GRPOParams()
+    distill: DistillParams = DistillParams()
+    prune: PruneParams = PruneParams()
+    quantize: QuantizeParams = QuantizeParams()
     evaluate: EvaluateParams = EvaluateParams()
 
 

@@ -9,6 +9,7 @@ perplexity comes from the model's own loss.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -188,6 +189,16 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int,
     return pairs
 
 
+def ranks_own_samples(prompts: list[str], scores: list[float], correct: list[bool]) -> dict:
+    """What PPO needs from its judge: among samples of the same prompt, does a right answer outscore a wrong
+    one? Percent of such (right, wrong) pairs ranked right first, and how many there were."""
+    by_prompt = defaultdict(lambda: ([], []))
+    for prompt, score, ok in zip(prompts, scores, correct, strict=True):
+        by_prompt[prompt][0 if ok else 1].append(score)
+    ranked = [r > w for right, wrong in by_prompt.values() for r in right for w in wrong]
+    return {"accuracy": round(100 * float(np.mean(ranked)), 2) if ranked else None, "pairs": len(ranked)}
+
+
 def percent(flags: list[bool]) -> float:
     return round(100 * sum(flags) / max(len(flags), 1), 2)
 
@@ -259,5 +270,76 @@ def peft_table(rows: list[dict]) -> str:
                  f"{r['peak_rss_mb']:.0f}", *([f"{r['peak_gpu_mb'] or 0:.0f}"] if gpu else []),
                  f"{r['train_time_s']:.0f}", f"{r['adapter_mb']:.3f}", f"**{r['exact_match']:.1f}**",
                  f"{r['val_loss']:.4f}", ppl]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tensor_bytes(model) -> int:
+    """Bytes of every tensor a model holds: its memory footprint, counted the same way for every format.
+
+    `get_memory_footprint()` counts a tensor subclass (torchao) or packed parameters (torch.ao dynamic
+    quantization) wrongly (shared/facts.md), so this walks the state dict: tensor subclasses through their
+    inner tensors, packed parameters through their tuples, and tied weights once.
+    """
+    seen: set[int] = set()
+
+    def size(value) -> int:
+        if isinstance(value, (tuple, list)):
+            return sum(size(v) for v in value)
+        if not isinstance(value, torch.Tensor):
+            return 0
+        if type(value) not in (torch.Tensor, torch.nn.Parameter) and hasattr(value, "__tensor_flatten__"):
+            names, _ = value.__tensor_flatten__()
+            return sum(size(getattr(value, name)) for name in names)
+        if value.is_quantized:  # torch.ao's packed int8 weights: never tied, one byte per value
+            return value.numel() * value.element_size()
+        pointer = value.untyped_storage().data_ptr()
+        if pointer in seen and value.numel():
+            return 0
+        seen.add(pointer)
+        return value.numel() * value.element_size()
+
+    return sum(size(v) for v in model.state_dict(keep_vars=True).values())
+
+
+@torch.no_grad()
+def decoding_speeds(models: dict, tokenizer, prompts: list[str], new_tokens: int, batch_sizes: tuple[int, ...],
+                    rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Greedy tokens/s of each model at each batch size, measured side by side in this process.
+
+    Every model decodes exactly `new_tokens` per prompt (EOS ignored), so all do the same work whatever they
+    answer. Rounds interleave the models, and each keeps its best round: load from other processes on the
+    machine then hits every model alike, and a ratio of two columns is a fair speedup.
+    """
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    best: dict[str, dict[str, float]] = {name: {} for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            model.eval()
+            for size in batch_sizes:
+                chunk = texts[:size]
+                batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                started = time.perf_counter()
+                model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                               use_cache=True, pad_token_id=tokenizer.pad_token_id)
+                rate = len(chunk) * new_tokens / (time.perf_counter() - started)
+                key = f"batch_{size}"
+                best[name][key] = round(max(best[name].get(key, 0.0), rate), 1)
+    return best
+
+
+def compression_table(rows: list[dict]) -> str:
+    """Markdown table of the compression comparison (metrics/quantize.json's "rows")."""
+    head = ["model", "params", "nonzero", "disk MB", "memory MB", "× fp32 memory", "tok/s (batch 1)",
+            "tok/s (batch 64)", "perplexity", "EM %", "quality % of fp32"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        disk = f"{r['disk_mb']:.2f}" if r["disk_mb"] is not None else "– (pickle only)"
+        speeds = [f"{v:.0f}" for v in r["tokens_per_s"].values()]
+        cells = [f"`{r['name']}`", f"{r['parameters'] / 1e6:.2f}M", f"{r['nonzero_parameters'] / 1e6:.2f}M", disk,
+                 f"{r['memory_mb']:.2f}", f"{r['memory_ratio']:.2f}", *speeds, f"{r['perplexity']:.3f}",
+                 f"{r['exact_match']['overall']:.1f}", f"**{r['quality_pct']:.1f}**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Benchmarks: speed and memory ratios measured side by side in one process (never in timed unit tests).
+
+    just bench compression     # fp32 SFT model vs distilled student vs the saved quantized models
+
+Each model decodes the same held-out prompts for the same number of new tokens, in interleaved rounds
+(labs/core/evaluation.py `decoding_speeds`), so load from other processes hits every model alike and the
+printed ratios compare like with like. Reads the models the curriculum left in models/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from labs.core.config import load_params
+from labs.core.data import read_jsonl
+from labs.core.evaluation import decoding_speeds, tensor_bytes
+from labs.core.models import load_model, load_tokenizer, require
+from labs.core.run import seed_everything
+
+BENCHES = {"compression": "tokens/s and memory of the SFT model, the distilled student and the quantized models"}
+
+
+def compression(rounds: int = 5) -> str:
+    params = load_params()
+    seed_everything(params.seed)
+    sft = require(Path("models/sft"), "config.json", "sft")
+    tokenizer = load_tokenizer(sft)
+    models = {"fp32": load_model(sft)}
+    if (Path("models/distill/student") / "config.json").exists():
+        models["distilled"] = load_model("models/distill/student")
+    for folder in sorted(Path("models/quantize").glob("*/config.json")):
+        models[folder.parent.name] = load_model(folder.parent)  # each saved with its quantization config
+    prompts = [r["prompt"] for r in read_jsonl("data/prepared/sft_test.jsonl", "sft")][:params.quantize.speed_prompts]
+    speeds = decoding_speeds(models, tokenizer, prompts, params.evaluate.max_new_tokens,
+                             (1, params.evaluate.batch_size), rounds)
+    memory = {name: tensor_bytes(model) for name, model in models.items()}
+    keys = list(speeds["fp32"])
+    lines = [f"{'model':<20}{'memory MB':>10}{'x fp32':>8}" + "".join(f"{k + ' tok/s':>18}{'x fp32':>8}" for k in keys)]
+    for name in models:
+        row = f"{name:<20}{memory[name] / 2**20:>10.2f}{memory[name] / memory['fp32']:>8.2f}"
+        row += "".join(f"{speeds[name][k]:>18.0f}{speeds[name][k] / speeds['fp32'][k]:>8.2f}" for k in keys)
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in BENCHES:
+        print(f"error: expected one benchmark name: {', '.join(BENCHES)}", file=sys.stderr)
+        return 2
+    print(compression())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

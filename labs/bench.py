@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM
+
 from labs.core.config import load_params
 from labs.core.data import read_jsonl
 from labs.core.evaluation import decoding_speeds, tensor_bytes
@@ -21,7 +23,7 @@ from labs.core.run import seed_everything
 BENCHES = {"compression": "tokens/s and memory of the SFT model, the distilled student and the quantized models"}
 
 
-def compression(rounds: int = 5) -> str:
+def compression(rounds: int = 15) -> str:
     params = load_params()
     seed_everything(params.seed)
     sft = require(Path("models/sft"), "config.json", "sft")
@@ -30,7 +32,10 @@ def compression(rounds: int = 5) -> str:
     if (Path("models/distill/student") / "config.json").exists():
         models["distilled"] = load_model("models/distill/student")
     for folder in sorted(Path("models/quantize").glob("*/config.json")):
-        models[folder.parent.name] = load_model(folder.parent)  # each saved with its quantization config
+        # each saved with its quantization config; an explicit fp32 dtype breaks loading saved NF4 weights
+        # (transformers 5.23 then expects unquantized shapes), so the checkpoint's own dtype applies
+        models[folder.parent.name] = AutoModelForCausalLM.from_pretrained(folder.parent, use_safetensors=True,
+                                                                          trust_remote_code=False)
     prompts = [r["prompt"] for r in read_jsonl("data/prepared/sft_test.jsonl", "sft")][:params.quantize.speed_prompts]
     speeds = decoding_speeds(models, tokenizer, prompts, params.evaluate.max_new_tokens,
                              (1, params.evaluate.batch_size), rounds)

@@ -5,10 +5,31 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list --unsorted
 
+# llama.cpp release for GGUF export: the llama-cpp-python source release vendors the matching llama.cpp
+llama_cpp_version := "0.3.36"
+
 # install the CPU tier into the active Python environment (torch's CPU wheel first)
 setup:
     pip install torch==2.13.0
     pip install -e ".[dev]"
+    just llama-cpp
+
+# llama.cpp for GGUF export (`quantize`): the bindings built from one source release, its converter into build/
+llama-cpp:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # PyPI has only the source of llama-cpp-python; its HF->GGUF converter ships in that source and nowhere
+    # else, so one download gives the runtime and the converter of the same llama.cpp commit.
+    mkdir -p build
+    sdist=build/llama_cpp_python-{{llama_cpp_version}}.tar.gz
+    [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --dest build "llama-cpp-python=={{llama_cpp_version}}"
+    python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '{{llama_cpp_version}}')" 2>/dev/null \
+        || pip install "$sdist" "sentencepiece==0.2.3"
+    rm -rf build/llama.cpp && mkdir build/llama.cpp
+    tar -xzf "$sdist" -C build/llama.cpp --strip-components=3 \
+        llama_cpp_python-{{llama_cpp_version}}/vendor/llama.cpp/convert_hf_to_gguf.py \
+        llama_cpp_python-{{llama_cpp_version}}/vendor/llama.cpp/conversion \
+        llama_cpp_python-{{llama_cpp_version}}/vendor/llama.cpp/gguf-py
 
 # list the labs, one line each
 labs:

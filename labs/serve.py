@@ -173,8 +173,7 @@ async def load_level(url: str, model: str, prompts: list[str], concurrency: int,
     """`concurrency` clients, each sending `per_client` requests back to back; results in prompt order."""
     from openai import AsyncOpenAI
 
-    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0, timeout=600,
-                         http_client=None)
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0, timeout=600)
     results: list[dict | None] = [None] * (concurrency * per_client)
 
     async def client_loop(c: int):
@@ -253,7 +252,7 @@ def run(params: Params) -> dict:
     port = cfg.port or free_port(cfg.host)
     # the served model's id is its path (transformers serve matches the request's `model` against it)
     model_id = str(path)
-    baseline_prompts = prompts[:max(cfg.concurrency) * 1]
+    baseline_prompts = prompts[:max(cfg.concurrency)]  # one request per client of the largest level
     baseline, generated = sequential_baseline(path, tokenizer, baseline_prompts, cfg.max_tokens)
     print(f"serve: sequential generate: {baseline['requests_per_s']} req/s, {baseline['output_tokens_per_s']} tok/s")
 

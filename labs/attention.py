@@ -25,7 +25,7 @@ import torch
 from labs.core.config import Params
 from labs.core.data import DataError, read_jsonl
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require, use_gpu
-from labs.core.run import atomic_path, peak_gpu_mb, reset_peak_memory
+from labs.core.run import peak_gpu_mb, reset_peak_memory, write_csv
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -112,17 +112,9 @@ def run(params: Params) -> dict:
         })
         print(f"attention: {impl:>8} cache={cache:<7} prompt {length:>4} +{new}: {rows[-1]['tokens_per_s']:>8} tok/s "
               f"({rows[-1]['speedup_vs_no_cache']}x no cache), KV cache {result['kv_cache_mb']} MB")
-    write_table_plot(rows)
+    write_csv("plots/attention/table.csv", ["case", "tokens_per_s", "kv_cache_mb"],
+              [[f"{r['implementation']}/{r['cache']}/{r['prompt_tokens']}+{r['new_tokens']}", r["tokens_per_s"],
+                r["kv_cache_mb"]] for r in rows])
     return {"model": cfg.model if cfg.shape is None else "random " + cfg.shape.model_dump_json(),
             "parameters": count_parameters(first), "batch_size": cfg.batch_size,
             "reference": f"{cfg.implementations[0]}, cache {cfg.caches[0]}", "rows": rows}
-
-
-def write_table_plot(rows: list[dict]) -> None:
-    out = Path("plots/attention")
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["case,tokens_per_s,kv_cache_mb"]
-    lines += [f"{r['implementation']}/{r['cache']}/{r['prompt_tokens']}+{r['new_tokens']},{r['tokens_per_s']},"
-              f"{r['kv_cache_mb']}" for r in rows]
-    with atomic_path(out / "table.csv") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")

@@ -32,7 +32,7 @@ from labs.core.config import Params, Strategy
 from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import exact_match, repetition, reward_scores
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require
-from labs.core.run import atomic_path
+from labs.core.run import write_csv
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -155,17 +155,9 @@ def run(params: Params) -> dict:
         print(f"decode: {name}: exact-match {row['exact_match']['overall']}, diversity {row['answer_diversity']}, "
               f"distinct-2 {row['distinct_2']}, "
               f"reward {row['reward']}, {row['tokens_per_s']} tok/s")
-    write_table_plot(rows)
+    write_csv("plots/decode/table.csv",  # quality against diversity per strategy
+              ["strategy", "exact_match", "answer_diversity", "distinct_2", "repetition", "reward", "tokens_per_s"],
+              [[r["name"], r["exact_match"]["overall"], r["answer_diversity"], r["distinct_2"], r["repetition"],
+                r["reward"], r["tokens_per_s"]] for r in rows])
     # a list, not a mapping: metrics files sort their keys, and the table reads in params order
     return {"model": cfg.model, "prompts": len(prompts), "strategies": rows}
-
-
-def write_table_plot(rows: list[dict]) -> None:
-    """plots/decode/table.csv: quality against diversity per strategy, for `dvc plots`."""
-    out = Path("plots/decode")
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["strategy,exact_match,answer_diversity,distinct_2,repetition,reward,tokens_per_s"]
-    lines += [f"{r['name']},{r['exact_match']['overall']},{r['answer_diversity']},{r['distinct_2']},{r['repetition']},"
-              f"{'' if r['reward'] is None else r['reward']},{r['tokens_per_s']}" for r in rows]
-    with atomic_path(out / "table.csv") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")

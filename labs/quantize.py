@@ -45,7 +45,7 @@ from labs.core.config import Params
 from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import SINGLE_PROMPTS, chat_batch, decoding_speeds, exact_match, perplexity, tensor_bytes
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require, use_gpu
-from labs.core.run import atomic_path, safetensors_mb, save_model
+from labs.core.run import atomic_path, safetensors_mb, save_model, write_csv
 from labs.core.train import PREPARED, finetune, held_out_answers
 
 SFT, STUDENT, PRUNED, OUT = Path("models/sft"), Path("models/distill/student"), Path("models/prune"), Path(
@@ -318,7 +318,10 @@ def run(params: Params) -> dict:
         row["quality_pct"] = round(100 * row["exact_match"]["overall"] / reference["exact_match"]["overall"], 1)
         row["speedup"] = {k: round(v / reference["tokens_per_s"][k], 2) if v else None
                           for k, v in speeds[name].items()}
-    write_table_plot(rows)
+    write_csv("plots/quantize/table.csv",  # the table's numeric columns
+              ["model", "memory_mb", "disk_mb", "exact_match", "perplexity", "tokens_per_s_batch_1"],
+              [[name, r["memory_mb"], r["disk_mb"], r["exact_match"]["overall"], r["perplexity"],
+                r["tokens_per_s"]["batch_1"]] for name, r in rows.items()])
     # a list, not a mapping: metrics files sort their keys, and the table reads in this order
     return {"rows": [{"name": name, **row} for name, row in rows.items()], **extra, "method": params.quantize.method}
 
@@ -342,15 +345,3 @@ def gguf_row(model: GGUFModel, source: Path, method: str, test: list[dict], para
     print(f"quantize: {method}: {size_mb} MB, exact-match {row['exact_match']['overall']}, perplexity "
           f"{row['perplexity']}, llama.cpp tokenizes {row['tokenizer_agreement_pct']}% of prompts as ours")
     return row
-
-
-def write_table_plot(rows: dict[str, dict]) -> None:
-    """plots/quantize/table.csv: the table's numeric columns, for `dvc plots` and the report's charts."""
-    out = Path("plots/quantize")
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["model,memory_mb,disk_mb,exact_match,perplexity,tokens_per_s_batch_1"]
-    for name, r in rows.items():
-        lines.append(f"{name},{r['memory_mb']},{r['disk_mb'] if r['disk_mb'] is not None else ''},"
-                     f"{r['exact_match']['overall']},{r['perplexity']},{r['tokens_per_s']['batch_1']}")
-    with atomic_path(out / "table.csv") as tmp:
-        tmp.write_text("\n".join(lines) + "\n")

@@ -76,6 +76,13 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
+    """A table for `dvc plots` and the report's charts; None becomes an empty cell."""
+    lines = [",".join(header)] + [",".join("" if v is None else str(v) for v in row) for row in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:

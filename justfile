@@ -5,31 +5,60 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list --unsorted
 
-# llama.cpp release for GGUF export: the llama-cpp-python source release vendors the matching llama.cpp
-llama_cpp_version := "0.3.36"
-
-# install the CPU tier into the active Python environment (torch's CPU wheel first)
+# install the CPU tier into the active Python environment: torch's CPU wheel, then the lock CI and the cpu image use
 setup:
     pip install torch==2.13.0
-    pip install -e ".[dev]"
+    pip install --require-hashes -r docker/locks/ci.txt
+    pip install --no-deps -e .
     just llama-cpp
 
-# llama.cpp for GGUF export (`quantize`): the bindings built from one source release, its converter into build/
+# llama.cpp's HF->GGUF converter (`quantize`) into build/, from the llama-cpp-python source release the lock pins
 llama-cpp:
     #!/usr/bin/env bash
     set -euo pipefail
-    # PyPI has only the source of llama-cpp-python; its HF->GGUF converter ships in that source and nowhere
-    # else, so one download gives the runtime and the converter of the same llama.cpp commit.
+    # PyPI has only the source of llama-cpp-python (the lock builds the bindings from it); its converter ships in
+    # that source and nowhere else, so the same hash-checked download gives the converter of the same llama.cpp.
+    pin=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' docker/locks/cpu.txt)
+    version=$(echo "$pin" | head -1 | sed 's/.*==\([^ ]*\).*/\1/')
+    sdist=build/llama_cpp_python-$version.tar.gz
     mkdir -p build
-    sdist=build/llama_cpp_python-{{llama_cpp_version}}.tar.gz
-    [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --dest build "llama-cpp-python=={{llama_cpp_version}}"
-    python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '{{llama_cpp_version}}')" 2>/dev/null \
-        || pip install "$sdist" "sentencepiece==0.2.3"
+    [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --require-hashes --dest build -r <(echo "$pin")
     rm -rf build/llama.cpp && mkdir build/llama.cpp
     tar -xzf "$sdist" -C build/llama.cpp --strip-components=3 \
-        llama_cpp_python-{{llama_cpp_version}}/vendor/llama.cpp/convert_hf_to_gguf.py \
-        llama_cpp_python-{{llama_cpp_version}}/vendor/llama.cpp/conversion \
-        llama_cpp_python-{{llama_cpp_version}}/vendor/llama.cpp/gguf-py
+        llama_cpp_python-$version/vendor/llama.cpp/convert_hf_to_gguf.py \
+        llama_cpp_python-$version/vendor/llama.cpp/conversion \
+        llama_cpp_python-$version/vendor/llama.cpp/gguf-py
+
+# rewrite docker/locks/ from pyproject.toml, every file hash-pinned: cpu (the cpu image), ci (cpu + the dev tools,
+# the same pins), cuda (the t4 and a100 images). TORCH_CPU_LINKS: where torch's CPU wheels are listed.
+lock:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    common=(--generate-hashes --python-platform x86_64-manylinux_2_28 --no-header --quiet)
+    # the cpu locks resolve torch's CPU build (no CUDA packages) and leave torch itself out: CI and the cpu image
+    # install it first from the CPU wheels, which no lock-reading index carries
+    links=${TORCH_CPU_LINKS:-https://download.pytorch.org/whl/cpu/torch/}
+    cpu=(--python-version 3.11 --find-links "$links" --no-emit-package torch)
+    uv pip compile pyproject.toml --extra gguf "${cpu[@]}" "${common[@]}" -o docker/locks/cpu.txt
+    uv pip compile pyproject.toml --extra gguf --extra dev -c docker/locks/cpu.txt "${cpu[@]}" "${common[@]}" \
+        -o docker/locks/ci.txt
+    # torch's Linux wheel on PyPI is its CUDA 13.0 build: torch and its CUDA libraries are pinned here, the rest as cpu
+    uv pip compile pyproject.toml --extra gguf -c docker/locks/cpu.txt --python-version 3.12 "${common[@]}" \
+        -o docker/locks/cuda.txt
+
+# a tier image: `just image build cpu`, `just image test cpu`, `just image push a100` (tags: `just image tags t4`)
+image ACTION TIER:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "{{ACTION}}" = test ]; then
+        IMAGE_TIER={{TIER}} python -m pytest -m image tests/test_image.py
+    else
+        docker/image.sh {{ACTION}} {{TIER}}
+    fi
+
+# a lab inside a tier image, with this checkout and its DVC cache mounted: `just docker lab sft cpu`
+docker ACTION NAME TIER:
+    docker/image.sh {{ACTION}} {{NAME}} {{TIER}}
 
 # list the labs, one line each
 labs:

@@ -1,0 +1,136 @@
+"""Build the cpu image for real and run `just lab sft` inside it on a tiny project (`just image test cpu`).
+
+Where a Docker daemon answers, the image builds from its pinned base as a user's would. Elsewhere (CI here:
+root, no daemon, no registry) podman builds it on a Debian bookworm base made locally with debootstrap, and
+torch's CPU wheel comes from the directory pip is configured to find links in (docker/README.md). The GPU
+tiers cannot be tested this way: their CUDA base and packages need a GPU host (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, make_workspace, run
+
+pytestmark = pytest.mark.image
+TIER = os.environ.get("IMAGE_TIER", "cpu")
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+USER = "10001:10001"  # the image's own non-root user writes the mounted workspace
+
+CONTAINERS_CONF = """[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=16384:16384"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+def docker_daemon() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def podman_env() -> dict:
+    """podman with the settings that work on this kind of machine (runc, cgroupfs), its store under build/."""
+    missing = [tool for tool in ("podman", "buildah", "debootstrap", "runc") if shutil.which(tool) is None]
+    if missing:
+        if os.geteuid() != 0:
+            pytest.fail(f"needs {' '.join(missing)} (apt-get install -y podman buildah debootstrap runc)")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "podman", "buildah", "debootstrap", "runc"], check=True,
+                       capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    conf = ROOT / "build" / "containers"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "containers.conf").write_text(CONTAINERS_CONF)
+    (conf / "storage.conf").write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{conf}/store"\n'
+                                       f'runroot = "{conf}/run"\n')
+    return {"ENGINE": "podman", "CONTAINERS_CONF": str(conf / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(conf / "storage.conf")}
+
+
+def local_build_flags(env: dict) -> str:
+    """A local base image, torch's CPU wheel from pip's find-links directory, and this machine's CA bundle."""
+    base = run([str(ROOT / "docker" / "image.sh"), "standin"], cwd=ROOT, env=env, timeout=900).stdout.strip()
+    flags = [f"--build-arg BASE_IMAGE={base}"]
+    links = subprocess.run(["pip", "config", "get", "global.find-links"], capture_output=True, text=True).stdout.strip()
+    if links and any(Path(links).glob("torch-*+cpu-*.whl")):
+        flags += [f"--volume {links}:/torch-wheels:ro", "--build-arg TORCH_FIND_LINKS=/torch-wheels"]
+    cabundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
+    if cabundle.is_file():
+        flags.append(f"--secret id=cabundle,src={cabundle}")
+    return " ".join(flags)
+
+
+@pytest.fixture(scope="module")
+def engine_env() -> dict:
+    if TIER != "cpu":
+        pytest.fail(f"the {TIER} image needs a GPU host and its CUDA base; here only `cpu` builds and runs")
+    if docker_daemon():
+        return {"ENGINE": "docker"}
+    env = podman_env()
+    env["BUILD_FLAGS"] = local_build_flags(env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def image(engine_env) -> str:
+    run(["just", "image", "build", TIER], cwd=ROOT, env=engine_env, timeout=2400)
+    return f"llm-lab:{VERSION}-{TIER}"
+
+
+def inspect(engine_env: dict, image: str) -> dict:
+    out = run([engine_env["ENGINE"], "image", "inspect", image], cwd=ROOT, env=engine_env).stdout
+    return json.loads(out)[0]
+
+
+def test_image_is_labelled_and_runs_as_non_root(engine_env, image):
+    info = inspect(engine_env, image)
+    config = info.get("Config") or info["config"]
+    labels = config["Labels"]
+    revision = run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT).stdout.strip()
+    assert labels["org.opencontainers.image.version"] == VERSION
+    assert labels["org.opencontainers.image.revision"] == revision
+    assert labels["dev.llm-lab.tier"] == TIER and labels["dev.llm-lab.torch"] == "2.13.0"
+    assert config["User"] == "10001" and config["WorkingDir"] == "/workspace"
+    # the long tag points at the same image
+    long_tag = run([str(ROOT / "docker" / "image.sh"), "tags", TIER], cwd=ROOT).stdout.split()[1]
+    assert inspect(engine_env, long_tag)["Id"] == info["Id"]
+    # inside: the CPU build of torch, no compilers, the packages of the lock
+    probe = ("import torch, transformers, trl, llama_cpp, shutil, os; "
+             "print(torch.__version__, torch.version.cuda, transformers.__version__, trl.__version__, "
+             "llama_cpp.__version__, shutil.which('g++'), os.getuid())")
+    out = run([engine_env["ENGINE"], "run", "--rm", image, "python", "-c", probe], cwd=ROOT, env=engine_env).stdout
+    assert out.split() == ["2.13.0+cpu", "None", "5.23.0", "1.12.0", "0.3.36", "None", "10001"], out
+
+
+def test_just_lab_sft_inside_the_image_writes_to_the_mounted_workspace(engine_env, image, tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    for name in ("pyproject.toml", "docker"):  # `just docker lab` reads the version and calls docker/image.sh
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, ws / name)
+    run(["just", "data"], cwd=ws)
+    run(["git", "add", "-A"], cwd=ws)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "tiny"], cwd=ws)
+    if os.geteuid() == 0:
+        subprocess.run(["chown", "-R", USER, ws], check=True)  # the container's user owns what it writes to
+
+    proc = run(["just", "docker", "lab", "sft", TIER], cwd=ws, env={**engine_env, "LAB_USER": USER}, timeout=1500)
+
+    metrics = json.loads((ws / "metrics" / "sft.json").read_text())
+    assert metrics["val_loss"] < metrics["val_loss_before"] / 2, metrics
+    card = json.loads((ws / "models" / "sft" / "run_card.json").read_text())
+    assert card["tier"] == "cpu" and card["versions"]["torch"] == "2.13.0+cpu", card["versions"]
+    assert card["versions"]["python"].startswith("3.11."), "ran in the image's Python"
+    if os.geteuid() == 0:
+        assert (ws / "metrics" / "sft.json").stat().st_uid == 10001, "written by the image's non-root user"
+        subprocess.run(["chown", "-R", "0:0", ws], check=True)  # git and DVC here refuse a repository of another uid
+    status = run(["dvc", "status", "sft"], cwd=ws).stdout
+    assert "changed" not in status, f"DVC on the host agrees with what ran inside:\n{status}\n{proc.stdout[-2000:]}"

@@ -5,14 +5,14 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list --unsorted
 
-# install the CPU tier into the active Python environment: torch's CPU wheel, then the lock CI and the cpu image use
+# install the CPU tier into the active environment: torch's CPU wheel, then the lock CI and the cpu image use
 setup:
     pip install torch==2.13.0
     pip install --require-hashes -r docker/locks/ci.txt
     pip install --no-deps -e .
     just llama-cpp
 
-# llama.cpp's HF->GGUF converter (`quantize`) into build/, from the llama-cpp-python source release the lock pins
+# llama.cpp's HF->GGUF converter (`quantize`) into build/, from the source release the lock pins
 llama-cpp:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -29,8 +29,9 @@ llama-cpp:
         llama_cpp_python-$version/vendor/llama.cpp/conversion \
         llama_cpp_python-$version/vendor/llama.cpp/gguf-py
 
-# rewrite docker/locks/ from pyproject.toml, every file hash-pinned: cpu (the cpu image), ci (cpu + the dev tools,
-# the same pins), cuda (the t4 and a100 images). TORCH_CPU_LINKS: where torch's CPU wheels are listed.
+# cpu.txt: the cpu image; ci.txt: cpu + the dev tools, the same pins; cuda.txt: the t4 and a100 images.
+# TORCH_CPU_LINKS: where torch's CPU wheels are listed.
+# rewrite docker/locks/ from pyproject.toml, every file pinned by version and hash
 lock:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -91,6 +92,44 @@ data:
 repro: _data
     dvc repro
 
+# Credentials come from the environment or ~/.aws, never from git.
+# the default DVC remote: `just remote s3://bucket/llm-lab [ENDPOINT]` (any S3-compatible store) or a directory
+remote URL ENDPOINT="":
+    dvc remote add --default --force storage "{{URL}}"
+    {{ if ENDPOINT != "" { "dvc remote modify storage endpointurl " + ENDPOINT } else { "true" } }}
+    # re-hash every file pulled: a corrupted object in the remote is refused, not checked out
+    dvc remote modify storage verify true
+
+# upload data, models and metrics to the default remote
+push:
+    dvc push
+
+# A file that fails its hash check is named (DVC names it only in its debug log) and is not checked out.
+# download a teammate's outputs: afterwards `dvc repro` has nothing to run
+pull:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    log=$(mktemp)
+    dvc pull --verbose >"$log" 2>&1
+    status=$?
+    # DVC's own summary and errors, without the debug lines and tracebacks of --verbose
+    grep -E '^[0-9-]+ [0-9:,]+ (ERROR|WARNING): |^[AMD] +[^ ]|[0-9]+ files? (fetched|added|modified|deleted)|Everything is up to date' "$log" \
+        | sed -E 's/^[0-9-]+ [0-9:,]+ //'
+    grep -oE "corrupted cache file '[^']+'|failed to create '[^']+'" "$log" | sort -u | sed 's/^/error: /' >&2
+    rm -f "$log"
+    exit $status
+
+# Each value is one DVC experiment of LAB's stage (and whatever it needs); the workspace is left as it was.
+# a grid of one param, queued then run: `just sweep sft epochs 1 2 3`; then `dvc exp show`
+sweep LAB PARAM +VALUES:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for value in {{VALUES}}; do
+        dvc exp run --queue --quiet -S "{{LAB}}.{{PARAM}}=$value" {{LAB}}
+    done
+    dvc exp run --run-all
+    dvc exp show --no-pager --only-changed --md
+
 # the test suite
 test *ARGS:
     python -m pytest {{ARGS}}
@@ -106,6 +145,10 @@ lint:
 # regenerate the README's results table from metrics/
 results:
     python -m labs.results
+
+# one self-contained HTML page comparing every model, with charts: report/index.html (+ report/summary.md)
+report:
+    python -m labs.report
 
 # generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic)
 _data:

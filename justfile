@@ -120,12 +120,17 @@ pull:
     exit $status
 
 # Each value is one DVC experiment of LAB's stage (and whatever it needs); the workspace is left as it was.
-# a grid of one param, queued then run: `just sweep sft epochs 1 2 3`; then `dvc exp show`
+# a grid of one param, queued then run: `just sweep sft max_steps 20 40 80`; then `dvc exp show`
 sweep LAB PARAM +VALUES:
     #!/usr/bin/env bash
     set -euo pipefail
+    key="{{LAB}}.{{PARAM}}"
+    # a param params.yaml leaves at the code's default is added with DVC's `+`
+    exists='import sys, yaml; d = yaml.safe_load(open("params.yaml"))
+    for k in sys.argv[1].split("."): d = d[k]'
+    python -c "$exists" "$key" 2>/dev/null && add="" || add="+"
     for value in {{VALUES}}; do
-        dvc exp run --queue --quiet -S "{{LAB}}.{{PARAM}}=$value" {{LAB}}
+        dvc exp run --queue --quiet -S "$add$key=$value" {{LAB}}
     done
     dvc exp run --run-all
     dvc exp show --no-pager --only-changed --md

@@ -21,6 +21,7 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
     order = list(LABS)  # metrics files sort their keys; the table follows the curriculum
     evaluation = dict(sorted(evaluation.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99))
     lines = [results_table(evaluation), ""]
+    lines += similarity(evaluation)
     for lab in ("pretrain", "sft"):
         path = metrics_dir / f"{lab}.json"
         if path.exists():
@@ -40,6 +41,21 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
     lines += compression(metrics_dir)
     lines += inference(metrics_dir)
     return "\n".join(lines)
+
+
+def similarity(evaluation: dict) -> list[str]:
+    """evaluate's text-similarity, win-rate and refusal columns, when the metrics have them."""
+    if not all("rouge_l" in m for m in evaluation.values()):
+        return []
+    anchor = "sft" if "sft" in evaluation else next(iter(evaluation))
+    rows = [[f"`{name}`", str(m["rouge_l"]), str(m["bleu"]), str(m["chrf"]), str(m["similarity"]),
+             "–" if name == anchor or "win_rate" not in m else str(m["win_rate"][anchor]), str(m["refusal_rate"])]
+            for name, m in evaluation.items()]
+    return ["Against the gold answers (ROUGE-L F1, corpus BLEU and chrF, mean cosine similarity of all-MiniLM-L6-v2 "
+            f"embeddings), the reward model's win rate against `{anchor}` (ties count half), and the share of "
+            "refusals on a fixed probe of harmful requests (the task world has none, so 0 is expected here):", "",
+            *markdown_table(["model", "ROUGE-L", "BLEU", "chrF", "similarity", f"win rate vs {anchor} %",
+                             "refusal %"], rows), ""]
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import run
 
-EPOCHS = ["1", "2", "3"]  # the baseline trains 4: each value is a different, shorter run
+STEPS = ["20", "40", "80"]  # the baseline trains 4 epochs: each value is a different, much shorter run
 
 
 def experiments(show: list) -> dict[str, dict]:
@@ -38,24 +38,24 @@ def test_sweep_runs_three_sft_values_and_exp_show_lists_them(built, tmp_path):
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "baseline"], cwd=ws)
     before = {p: (ws / p).read_bytes() for p in ("params.yaml", "metrics/sft.json", "dvc.lock")}
 
-    run(["just", "sweep", "sft", "epochs", *EPOCHS], cwd=ws, timeout=1200)
+    run(["just", "sweep", "sft", "max_steps", *STEPS], cwd=ws, timeout=1200)
 
     found = experiments(json.loads(run(["dvc", "exp", "show", "--json"], cwd=ws).stdout))
-    by_epochs = {}
+    by_steps = {}
     for name, data in found.items():
         params = data["params"]["params.yaml"]["data"]["sft"]
         metrics = data["metrics"]["metrics/sft.json"]["data"]
-        by_epochs[params["epochs"]] = (name, metrics["val_loss"])
-    assert sorted(by_epochs) == [1, 2, 3], found.keys()
-    losses = [by_epochs[e][1] for e in (1, 2, 3)]
-    assert losses[0] > losses[1] > losses[2], f"longer training, lower validation loss: {by_epochs}"
+        by_steps[params["max_steps"]] = (name, metrics["val_loss"])
+    assert sorted(by_steps) == [20, 40, 80], found.keys()
+    losses = [by_steps[n][1] for n in (20, 40, 80)]
+    assert losses[0] > losses[1] > losses[2], f"longer training, lower validation loss: {by_steps}"
     # the workspace is the baseline still; any experiment compares against it
     assert {p: (ws / p).read_bytes() for p in before} == before
-    name = by_epochs[1][0]
+    name = by_steps[20][0]
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", name, "--json"], cwd=ws).stdout)
     assert "val_loss" in diff["metrics/sft.json"], diff
-    baseline = yaml.safe_load((ws / "params.yaml").read_text())["sft"]["epochs"]
+    assert "max_steps" not in yaml.safe_load((ws / "params.yaml").read_text())["sft"]  # added by the sweep's `+`
     params = json.loads(run(["dvc", "params", "diff", "HEAD", name, "--json"], cwd=ws).stdout)
-    assert params["params.yaml"]["sft.epochs"] == {"old": baseline, "new": 1}, params
+    assert params["params.yaml"]["sft.max_steps"]["new"] == 20, params
     plots = run(["dvc", "plots", "diff", "HEAD", name, "--json"], cwd=ws).stdout
     assert "plots/sft" in plots

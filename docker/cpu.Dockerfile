@@ -27,7 +27,10 @@ RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
     && python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch'"
 COPY pyproject.toml README.md /src/
 COPY labs /src/labs
-RUN pip install --no-deps /src
+# the project itself (its build backend, setuptools, comes from the index: the same optional CA bundle)
+RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+    && pip install --no-deps /src
 
 # ---- the image: Python, git for DVC, the environment, a non-root user ----
 FROM ${BASE_IMAGE}

@@ -40,7 +40,10 @@ RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
     fi
 COPY pyproject.toml README.md /src/
 COPY labs /src/labs
-RUN pip install --no-deps /src
+# the project itself (its build backend, setuptools, comes from the index: the same optional CA bundle)
+RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+    && pip install --no-deps /src
 
 # ---- the image ----
 FROM system

@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from labs.__main__ import LABS  # noqa: E402  (curriculum order)
 from labs.core.run import atomic_path  # noqa: E402
 
 METRICS, PLOTS, OUT = Path("metrics"), Path("plots"), Path("report")
@@ -47,7 +48,7 @@ def cell(value) -> str:
 def models_table(evaluate: dict) -> tuple[str, list[str], list[list]]:
     families = [f for f in FAMILIES if any(f in m["exact_match"] for m in evaluate["models"].values())]
     # curriculum order (the metrics file sorts its keys)
-    order = sorted(evaluate["models"], key=lambda n: LABS.index(n) if n in LABS else len(LABS))
+    order = sorted(evaluate["models"], key=lambda n: list(LABS).index(n) if n in LABS else len(LABS))
     anchor = "sft" if "sft" in order else order[0]  # win rates are against this model
     header = ["model", "parameters", "EM overall", *(f"EM {f}" for f in families), "answer perplexity",
               "corpus perplexity", "reward", f"win rate vs {anchor} %", "ROUGE-L", "BLEU", "chrF", "similarity",
@@ -168,8 +169,6 @@ def revision() -> str:
     return proc.stdout.strip() or "unknown"
 
 
-LABS = ["pretrain", "sft", "lora", "qlora", "peft_methods", "reward", "dpo", "ppo", "grpo", "distill", "prune",
-        "quantize", "decode", "attention", "speculative", "serve", "evaluate"]
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -178,8 +177,9 @@ th{background:#f0f0f0}td:first-child{text-align:left}.charts{display:flex;flex-w
 
 
 def build() -> dict:
-    metrics = {name: m for name in LABS if (m := load(name)) is not None}
-    missing = [name for name in LABS if name not in metrics]
+    labs = [name for name in LABS if name not in ("data", "prepare", "tokenizer")]  # the ones with results
+    metrics = {name: m for name in labs if (m := load(name)) is not None}
+    missing = [name for name in labs if name not in metrics]
     tables = []
     if "evaluate" in metrics:
         tables.append(models_table(metrics["evaluate"]))

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from labs.__main__ import LABS  # noqa: E402  (curriculum order)
 from labs.core.run import atomic_path  # noqa: E402
+from labs.results import markdown_table  # noqa: E402
 
 METRICS, PLOTS, OUT = Path("metrics"), Path("plots"), Path("report")
 FAMILIES = ["add", "sort", "reverse", "compare"]
@@ -81,10 +82,9 @@ def html_table(title: str, header: list[str], rows: list[list]) -> str:
     return f"<h2>{html.escape(title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def markdown_table(title: str, header: list[str], rows: list[list]) -> str:
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("–" if v is None else str(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def markdown_section(title: str, header: list[str], rows: list[list]) -> str:
+    cells = [["–" if v is None else str(v) for v in row] for row in rows]
+    return "\n".join([f"### {title}", "", *markdown_table(header, cells)])
 
 
 # ---- charts: each writes report/<name>.png and returns its path, or None when its inputs are missing ----
@@ -203,7 +203,7 @@ def build() -> dict:
                 f"<style>{STYLE}</style></head><body><h1>LLM Lab report</h1><p>{note}</p>"
                 f"<div class='charts'>{images}</div>" + "".join(html_table(*t) for t in tables) + "</body></html>\n")
         (tmp / "index.html").write_text(page)
-        summary = "\n\n".join(markdown_table(*t) for t in tables)
+        summary = "\n\n".join(markdown_section(*t) for t in tables)
         (tmp / "summary.md").write_text(summary + "\n")
     print(f"report: {OUT / 'index.html'} ({len(pngs)} charts, {len(tables)} tables); missing: {missing or 'none'}")
     return {"charts": [p.name for p in pngs], "tables": [t[0] for t in tables], "missing": missing}

@@ -3,6 +3,7 @@ recorded, never asserted (they belong to benchmarks); what is asserted is what m
 greedy outputs that do not change with the cache or the draft, the trade-offs' directions, a server that
 answers every request and rejects malformed ones."""
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from labs.decode import ContrastiveLogits, answer_diversity, distinct
-from labs.serve import chat_request_problem
+from labs.serve import CheckedRequests, chat_request_problem
 
 
 def load(path: Path) -> dict:
@@ -102,3 +103,39 @@ def test_chat_request_check():
                           ({**good, "max_tokens": -5}, "max_tokens"), ({**good, "temperature": "hot"}, "temperature")]:
         raw = bad if isinstance(bad, bytes) else json.dumps(bad).encode()
         assert expected in chat_request_problem(raw), bad
+
+
+def test_checked_requests_rejects_bad_bodies_passes_good_ones_and_sets_the_request_id():
+    """The middleware on a plain ASGI app that echoes what it received, called as uvicorn calls it."""
+    seen = []
+
+    async def app(scope, receive, send):
+        message = await receive()
+        seen.append((scope["state"]["request_id"], message["body"]))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def call(path: str, body: bytes, headers=()) -> tuple[int, dict, bytes]:
+        scope = {"type": "http", "method": "POST", "path": path, "headers": list(headers)}
+        chunks = [{"type": "http.request", "body": body[:5], "more_body": True},  # a body in two reads
+                  {"type": "http.request", "body": body[5:], "more_body": False}]
+        sent = []
+
+        async def receive():
+            return chunks.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(CheckedRequests(app, header="x-request-id")(scope, receive, send))
+        return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+    good = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, headers, body = call("/v1/chat/completions", good, [(b"x-request-id", b"abc")])
+    assert (status, body, seen[-1]) == (200, b"ok", ("abc", good)), "the app reads the whole body once more"
+    assert headers[b"x-request-id"] == b"abc"
+    status, headers, body = call("/v1/chat/completions", b'{"model": "m"}')
+    assert status == 400 and b"messages" in body and len(headers[b"x-request-id"]) == 36, "a fresh uuid"
+    assert len(seen) == 1, "a rejected body never reaches the model"
+    status, _, _ = call("/v1/completions", b'{"model": "m"}')
+    assert status == 200 and len(seen) == 2, "only chat completions are checked"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ TINY = {
     "decode": {"prompts": 64, "diversity_prompts": 16, "diversity_runs": 2},
     "attention": {"prompt_lengths": [64], "new_tokens": [32], "rounds": 1},
     "speculative": {"draft_tokens": [4], "prompts": 8, "rounds": 1},
-    "serve": {"concurrency": [1, 8], "requests_per_client": 2},
+    "serve": {"concurrency": [1, 8], "requests_per_client": 2, "rounds": 1},
 }
 
 
@@ -49,7 +50,10 @@ ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
 
 def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
         **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, **ENV, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    # under pytest-xdist two workers share the two cores: one torch thread per lab each (weights are the same
+    # byte for byte with 1 and 2 threads, labs/core/run.py), where two threads each only fought over them
+    threads = {"LAB_THREADS": "1"} if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else {}
+    env = {**os.environ, **ENV, **threads, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -108,21 +112,45 @@ def run_streams(ws: Path, streams: tuple[list[str], ...], timeout: int) -> None:
             raise AssertionError(f"{log.name} exited {proc.returncode}\n{Path(log.name).read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def built(tmp_path_factory) -> Path:
-    """The tiny project after `just data` and the whole curriculum: the spine through `dvc repro sft`, the
-    branches after it and then the stages that read them, each in two parallel streams, every output recorded
-    by `dvc commit`."""
-    if reuse := os.environ.get("LAB_TEST_BUILT"):  # a developer's shortcut: a `built` workspace of an earlier run
-        return Path(reuse)
-    ws = make_workspace(tmp_path_factory.mktemp("built"))
+def build(ws: Path) -> None:
+    make_workspace(ws)
     run(["just", "data"], cwd=ws)
     run(["dvc", "repro", "sft"], cwd=ws, timeout=900)
     run_streams(ws, BRANCHES, timeout=1200)
     run_streams(ws, LEAVES, timeout=900)
     run(["dvc", "commit", "--force", "--quiet", *(stage for stream in BRANCHES + LEAVES for stage in stream)], cwd=ws)
     run(["dvc", "repro", *AFTER_BRANCHES], cwd=ws, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """The tiny project after `just data` and the whole curriculum: the spine through `dvc repro sft`, the
+    branches after it and then the stages that read them, each in two parallel streams, every output recorded
+    by `dvc commit`. Built once for all pytest-xdist workers (the first to ask builds it behind a file lock,
+    the others wait and reuse it). Read-only for tests: one that runs anything in it takes `built_copy`."""
+    if reuse := os.environ.get("LAB_TEST_BUILT"):  # a developer's shortcut: a `built` workspace of an earlier run
+        return Path(reuse)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the directory every worker's basetemp is in
+    ws, outcome = shared / "built", shared / "built.outcome"
+    with FileLock(shared / "built.lock"):
+        if not outcome.exists():
+            try:
+                build(ws)
+                outcome.write_text("ok")
+            except BaseException as exc:  # the waiting workers fail with the same cause instead of rebuilding
+                outcome.write_text(f"building the tiny curriculum failed: {exc}"[:5000])
+                raise
+    if (text := outcome.read_text()) != "ok":
+        pytest.fail(text, pytrace=False)
     return ws
+
+
+@pytest.fixture
+def built_copy(built, tmp_path) -> Path:
+    """A private copy of `built` (git, DVC cache and all) for a test that runs labs, DVC or just in it."""
+    return Path(shutil.copytree(built, tmp_path / "built", symlinks=True))
 
 
 @pytest.fixture(scope="session")
@@ -138,3 +166,18 @@ def prepared_template(tmp_path_factory) -> Path:
 def workspace(prepared_template, tmp_path) -> Path:
     """A fresh tiny project with data generated and prepared (no models)."""
     return Path(shutil.copytree(prepared_template, tmp_path / "ws", symlinks=True))
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need no `built` project first: pytest-xdist hands each worker a first chunk from the front, so
+    one worker runs these while the first to ask for `built` builds it (a stable sort keeps files together)."""
+    items.sort(key=lambda item: "built" in getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker():
+    """In-process models too: two xdist workers on two cores, one thread each."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        import torch
+
+        torch.set_num_threads(1)

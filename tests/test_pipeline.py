@@ -61,44 +61,51 @@ def test_sft_model_ends_its_turn_with_eos(built):
     assert table["sft"]["eos_rate"] >= 95 and table["pretrain"]["eos_rate"] < 50, table
 
 
-def test_dvc_repro_right_after_is_a_noop(built):
+def test_dvc_repro_right_after_is_a_noop(built_copy):
     start = time.perf_counter()
-    proc = run(["dvc", "repro"], cwd=built)
+    proc = run(["dvc", "repro"], cwd=built_copy)
     assert "didn't change, skipping" in proc.stdout or "up to date" in proc.stdout
     assert "Running stage" not in proc.stdout
     assert time.perf_counter() - start < 30
-    assert "up to date" in run(["dvc", "status"], cwd=built).stdout
+    assert "up to date" in run(["dvc", "status"], cwd=built_copy).stdout
 
 
-def test_data_regenerates_the_same_bytes(built):
-    recorded = (built / "data.dvc").read_text()
-    run(["just", "data"], cwd=built)
-    assert (built / "data.dvc").read_text() == recorded
+def test_data_regenerates_the_same_bytes(built_copy):
+    recorded = (built_copy / "data.dvc").read_text()
+    run(["just", "data"], cwd=built_copy)
+    assert (built_copy / "data.dvc").read_text() == recorded
 
 
-def test_killed_sft_resumes_to_the_same_model(built):
-    """kill -9 mid-training, run again: it resumes from the checkpoint and ends byte-identical to the
-    uninterrupted run that `dvc repro` made (which also shows two runs give the same weights)."""
-    reference = sha(built / "models/sft/model.safetensors")
-    reference_em = load(built / "metrics/sft.json")["exact_match"]
-    proc = subprocess.Popen([sys.executable, "-m", "labs", "sft"], cwd=built,
+def test_killed_sft_resumes_to_the_same_model(workspace):
+    """kill -9 mid-training, run again: it resumes from the checkpoint and ends byte-identical to an
+    uninterrupted run of the same config. A short schedule on its own tiny base, so it needs no `built` project
+    and runs while that is being built."""
+    lab("tokenizer", cwd=workspace)
+    lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace)
+    short = ["-S", "sft.max_steps=200", "-S", "sft.save_steps=20"]  # first checkpoint after ~2 s of training
+    lab("sft", *short, cwd=workspace)
+    reference = sha(workspace / "models/sft/model.safetensors")
+    reference_em = load(workspace / "metrics/sft.json")["exact_match"]
+
+    proc = subprocess.Popen([sys.executable, "-m", "labs", "sft", *short], cwd=workspace,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((built / ".checkpoints/sft").glob("*/checkpoint-*/trainer_state.json")):
+    while not list((workspace / ".checkpoints/sft").glob("*/checkpoint-*/trainer_state.json")):
         assert proc.poll() is None and time.time() < deadline, "no checkpoint was written"
-        time.sleep(0.5)
+        time.sleep(0.2)
     time.sleep(1)  # let the checkpoint finish writing before the kill
+    assert proc.poll() is None, "the run ended before the kill: nothing was interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = sorted(built.glob(".checkpoints/sft/*/checkpoint-*/run_card.json"))
-    assert saved and load(saved[0])["config"] == load(built / "models/sft/run_card.json")["config"]
-    assert sha(built / "models/sft/model.safetensors") == reference, "a killed run must not touch outputs"
+    saved = sorted(workspace.glob(".checkpoints/sft/*/checkpoint-*/run_card.json"))
+    assert saved and load(saved[0])["config"] == load(workspace / "models/sft/run_card.json")["config"]
+    assert sha(workspace / "models/sft/model.safetensors") == reference, "a killed run must not touch outputs"
 
-    resumed = lab("sft", cwd=built)
+    resumed = lab("sft", *short, cwd=workspace)
     assert "resuming from" in resumed.stdout
-    assert load(built / "metrics/sft.json")["resumed_from_step"] > 0
-    assert sha(built / "models/sft/model.safetensors") == reference
-    assert load(built / "metrics/sft.json")["exact_match"] == reference_em
+    assert load(workspace / "metrics/sft.json")["resumed_from_step"] > 0
+    assert sha(workspace / "models/sft/model.safetensors") == reference
+    assert load(workspace / "metrics/sft.json")["exact_match"] == reference_em
 
 
 def test_gpu_tier_path_starts_from_a_local_hub_style_model(workspace):

@@ -55,7 +55,7 @@ def origin(built, s3, tmp_path_factory) -> Path:
     endpoint, _ = s3
     ws = Path(shutil.copytree(built, tmp_path_factory.mktemp("remote") / "origin", symlinks=True))
     run(["just", "remote", f"s3://{BUCKET}/{PREFIX}", endpoint], cwd=ws)
-    # other tests re-run stages in `built` (a resumed sft rewrites its metrics): record the workspace as it is
+    # record the workspace as it is (a LAB_TEST_BUILT workspace may have been re-run by hand since DVC ran it)
     run(["dvc", "commit", "--force", "--quiet"], cwd=ws)
     assert "Data and pipelines are up to date." in run(["dvc", "status"], cwd=ws).stdout
     run(["git", "add", "-A"], cwd=ws)

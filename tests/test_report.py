@@ -37,9 +37,10 @@ def pixels_of(image: np.ndarray, rgb: tuple[int, int, int]) -> int:
 
 
 @pytest.fixture(scope="module")
-def report(built) -> Path:
-    run(["just", "report"], cwd=built)
-    return built / "report"
+def report(built, tmp_path_factory) -> Path:
+    ws = Path(shutil.copytree(built, tmp_path_factory.mktemp("report") / "ws", symlinks=True))
+    run(["just", "report"], cwd=ws)
+    return ws / "report"
 
 
 def test_report_numbers_are_the_metrics(report, built):

@@ -48,11 +48,16 @@ ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
        "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp"))}
 
 
+def parallel() -> bool:
+    """Whether this is one of several pytest-xdist workers (`just test` runs two)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+
+
 def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
         **kwargs) -> subprocess.CompletedProcess:
     # under pytest-xdist two workers share the two cores: one torch thread per lab each (weights are the same
     # byte for byte with 1 and 2 threads, labs/core/run.py), where two threads each only fought over them
-    threads = {"LAB_THREADS": "1"} if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1 else {}
+    threads = {"LAB_THREADS": "1"} if parallel() else {}
     env = {**os.environ, **ENV, **threads, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, **kwargs)
     if check and proc.returncode != 0:
@@ -131,7 +136,7 @@ def built(tmp_path_factory) -> Path:
     if reuse := os.environ.get("LAB_TEST_BUILT"):  # a developer's shortcut: a `built` workspace of an earlier run
         return Path(reuse)
     shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if parallel():
         shared = shared.parent  # the directory every worker's basetemp is in
     ws, outcome = shared / "built", shared / "built.outcome"
     with FileLock(shared / "built.lock"):
@@ -177,7 +182,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread_per_worker():
     """In-process models too: two xdist workers on two cores, one thread each."""
-    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    if parallel():
         import torch
 
         torch.set_num_threads(1)

@@ -13,10 +13,11 @@ ended), and takes `ppo_epochs` clipped PPO steps on them. TRL removed PPOTrainer
 project pins trl 1.12.0, where it is `trl.experimental.ppo` (see pyproject.toml).
 
 metrics/ppo.json: the reward and KL curves (first vs last tenth of training, and plots/ppo/), held-out
-exact-match before/after, mean reward of held-out answers before/after (greedy, and sampled as in training
-with the same random numbers), and the signs of reward hacking: answer length, repetition, and answers that
-no longer end. Read the training curve with care: each batch mixes task families the judge scores on
-different scales, so its ups and downs are mostly the batches'; the held-out sampled reward is the policy's.
+exact-match before/after, mean reward of held-out answers before/after (greedy, and sampled as in training:
+`heldout_seeds` draws per prompt with the same random numbers, and the change's bootstrap 95% interval over
+prompts), and the signs of reward hacking: answer length, repetition, and answers that no longer end. Read
+the training curve with care: each batch mixes task families the judge scores on different scales, so its
+ups and downs are mostly the batches'; the held-out sampled reward is the policy's.
 PPOTrainer has no resume_from_checkpoint: a killed run starts over (it takes minutes on the CPU tier).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
+from scipy import stats
 
 from labs.core.config import Params
 from labs.core.data import read_jsonl, user_turn
@@ -54,16 +56,30 @@ def prompt_ids(tokenizer, rows: list[dict]) -> Dataset:
 
 def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -> dict:
     """Greedy answers to held-out prompts (exact-match, reward, hacking signs), and the reward of answers
-    sampled as in training: the same prompts and random numbers for every model, so unlike the training
-    curve (a new mix of task families each batch) the difference is the policy's alone."""
-    prompts, ev = [r["prompt"] for r in test], params.evaluate
+    sampled as in training, per prompt, averaged over `heldout_seeds` draws. The draws use the same prompts
+    and random numbers for every model, so unlike the training curve (a new mix of task families each batch)
+    a difference is the policy's alone."""
+    prompts, ev, cfg = [r["prompt"] for r in test], params.evaluate, params.ppo
     answers, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
-    sampled, _ = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
-                          temperature=params.ppo.temperature, seed=params.seed)
+    draws = [reward_scores(judge, tokenizer, prompts, generate(
+        policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size, temperature=cfg.temperature,
+        seed=params.seed + draw)[0]) for draw in range(cfg.heldout_seeds)]
+    sampled = np.mean(draws, axis=0)
     return {"exact_match": exact_match(test, answers), "eos_rate": percent(ended),
             "reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, answers))), 4),
-            "sampled_reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, sampled))), 4),
+            "sampled_reward": round(float(sampled.mean()), 4), "sampled_per_prompt": sampled,
             "words": mean_words(answers), "repetition": repetition(answers)}
+
+
+def reward_gain(before: np.ndarray, after: np.ndarray, params: Params) -> dict:
+    """The held-out sampled reward's change, prompt by prompt, with a bootstrap 95% interval over prompts:
+    the draws' own noise moves the mean by a few hundredths, so a change's sign needs one."""
+    change = after - before
+    interval = stats.bootstrap((change,), np.mean, confidence_level=0.95, n_resamples=params.ppo.bootstrap_resamples,
+                               method="percentile", rng=np.random.default_rng(params.seed)).confidence_interval
+    return {"mean": round(float(change.mean()), 4), "ci95": [round(float(interval.low), 4),
+                                                             round(float(interval.high), 4)],
+            "prompts": len(change), "draws_per_prompt": params.ppo.heldout_seeds}
 
 
 def run(params: Params) -> dict:
@@ -113,6 +129,7 @@ def run(params: Params) -> dict:
         "exact_match_before": before["exact_match"], "exact_match": after["exact_match"],
         "heldout_reward_before": before["reward"], "heldout_reward": after["reward"],
         "heldout_sampled_reward_before": before["sampled_reward"], "heldout_sampled_reward": after["sampled_reward"],
+        "heldout_sampled_reward_gain": reward_gain(before["sampled_per_prompt"], after["sampled_per_prompt"], params),
         "eos_rate_before": before["eos_rate"], "eos_rate": after["eos_rate"],
         "words_before": before["words"], "words": after["words"],
         "repetition_before": before["repetition"], "repetition": after["repetition"],
@@ -124,5 +141,6 @@ def run(params: Params) -> dict:
     finish_checkpoints(scratch)
     print(f"ppo: reward {reward_first} -> {reward_last} (KL {kl_first} -> {kl_last}); held-out exact-match "
           f"{before['exact_match']['overall']} -> {after['exact_match']['overall']}, sampled answers' reward "
-          f"{before['sampled_reward']} -> {after['sampled_reward']}")
+          f"{before['sampled_reward']} -> {after['sampled_reward']} (95% CI of the change "
+          f"{metrics['heldout_sampled_reward_gain']['ci95']})")
     return metrics

@@ -166,8 +166,11 @@ def alignment(metrics_dir: Path) -> list[str]:
                      f"KL to SFT {dpo['kl_to_sft']}, win rate vs SFT {dpo['win_rate']}% judged by `reward` "
                      f"({dpo['wins']} wins, {dpo['losses']} losses, {dpo['ties']} ties; {took(dpo)}).")
     if ppo := load("ppo"):
+        gain = ppo["heldout_sampled_reward_gain"]
         lines.append(f"- `ppo`: reward of answers sampled on the held-out prompts "
-                     f"{ppo['heldout_sampled_reward_before']} → **{ppo['heldout_sampled_reward']}**; training reward "
+                     f"{ppo['heldout_sampled_reward_before']} → **{ppo['heldout_sampled_reward']}** (change "
+                     f"{gain['mean']:+}, 95% CI {gain['ci95'][0]:+} to {gain['ci95'][1]:+} over "
+                     f"{gain['prompts']} prompts × {gain['draws_per_prompt']} draws); training reward "
                      f"(first → last tenth) "
                      f"{ppo['reward_first']} → {ppo['reward_last']} (KL {ppo['kl_first']} → {ppo['kl_last']}, max "
                      f"{ppo['kl_max']}), EM {ppo['exact_match_before']['overall']} → "

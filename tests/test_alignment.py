@@ -42,6 +42,9 @@ def test_ppo_raises_reward_with_bounded_kl(built):
     # Scored on fixed held-out prompts with the same random numbers before and after (the training curve's
     # tenths differ in their mix of task families too): 0.78 -> 1.29 here, while EM fell 41 -> 9.
     assert ppo["updates"] > 0 and ppo["heldout_sampled_reward"] > ppo["heldout_sampled_reward_before"] + 0.1, ppo
+    gain = ppo["heldout_sampled_reward_gain"]
+    assert gain["ci95"][0] > 0 and gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1], "a rise beyond the draws' noise"
+    assert gain["mean"] == pytest.approx(ppo["heldout_sampled_reward"] - ppo["heldout_sampled_reward_before"], abs=2e-4)
     assert ppo["kl_max"] < 5, "the KL penalty keeps the policy near the SFT model"
     assert ppo["eos_rate"] >= 90, "answers still end: no runaway generations"
     for key in ("words", "repetition", "heldout_reward", "heldout_sampled_reward", "exact_match"):

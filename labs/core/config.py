@@ -175,6 +175,8 @@ class PPOParams(TrainParams):
     missing_eos_penalty: float | None = Field(1.0, ge=0)  # subtracted from the score of a completion with no EOS
     gae_lambda: float = Field(0.95, ge=0, le=1)
     gamma: float = Field(1.0, ge=0, le=1)
+    heldout_seeds: int = Field(4, gt=0)  # sampled answers per held-out prompt, before and after training
+    bootstrap_resamples: int = Field(2000, gt=0)  # for the 95% interval of the held-out reward's change
 
 
 class GRPOParams(TrainParams):

@@ -40,7 +40,8 @@ def test_dpo_prefers_chosen_stays_near_sft_and_is_judged(built):
 def test_ppo_raises_reward_with_bounded_kl(built):
     ppo = load(built / "metrics/ppo.json")
     # Scored on fixed held-out prompts with the same random numbers before and after (the training curve's
-    # tenths differ in their mix of task families too): 0.78 -> 1.29 here, while EM fell 41 -> 9.
+    # tenths differ in their mix of task families too): 0.92 -> 1.33 here over 4 draws (95% CI of the change
+    # +0.27 to +0.57), while EM fell 41 -> 9.
     assert ppo["updates"] > 0 and ppo["heldout_sampled_reward"] > ppo["heldout_sampled_reward_before"] + 0.1, ppo
     gain = ppo["heldout_sampled_reward_gain"]
     assert gain["ci95"][0] > 0 and gain["ci95"][0] <= gain["mean"] <= gain["ci95"][1], "a rise beyond the draws' noise"

@@ -61,10 +61,12 @@ def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -
     a difference is the policy's alone."""
     prompts, ev, cfg = [r["prompt"] for r in test], params.evaluate, params.ppo
     answers, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
-    draws = [reward_scores(judge, tokenizer, prompts, generate(
-        policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size, temperature=cfg.temperature,
-        seed=params.seed + draw)[0]) for draw in range(cfg.heldout_seeds)]
-    sampled = np.mean(draws, axis=0)
+    draws = []
+    for draw in range(cfg.heldout_seeds):
+        sampled_answers, _ = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
+                                      temperature=cfg.temperature, seed=params.seed + draw)
+        draws.append(reward_scores(judge, tokenizer, prompts, sampled_answers))
+    sampled = np.mean(draws, axis=0)  # per prompt
     return {"exact_match": exact_match(test, answers), "eos_rate": percent(ended),
             "reward": round(float(np.mean(reward_scores(judge, tokenizer, prompts, answers))), 4),
             "sampled_reward": round(float(sampled.mean()), 4), "sampled_per_prompt": sampled,

@@ -111,11 +111,12 @@ def inference(metrics_dir: Path) -> list[str]:
                            f"{lv['ttft_ms_p50']:.0f} ms, {lv['errors']} errors" for lv in serve["levels"])
         lines.append(f"- `serve` ({serve['server']}, continuous batching {serve['continuous_batching']}, "
                      f"{serve['max_tokens']} max tokens, {serve['requests_per_client']} requests per client; each "
-                     f"level and the baseline the fastest of {seq.get('rounds', 1)} runs, errors of all) by "
-                     f"concurrency — {levels}. Sequential `generate`: {seq['requests_per_s']} req/s, "
+                     f"level and the baseline the fastest of {seq.get('rounds', 1)} interleaved rounds, errors of "
+                     f"all) by concurrency — {levels}. Sequential `generate`: {seq['requests_per_s']} req/s, "
                      f"{seq['output_tokens_per_s']:.0f} tok/s. Malformed requests: "
                      f"{sorted(set(serve['malformed_status'].values()))}; answers equal to `generate`'s: "
-                     f"{serve['served_equals_generate_pct']}%.")
+                     f"{serve['served_equals_generate_pct']}%; the server's peak memory: "
+                     f"{serve.get('server_peak_rss_mb')} MB.")
     return lines
 
 

@@ -11,15 +11,19 @@ GPU tiers serve with vLLM or TGI from docker/compose.yaml instead; the load test
 any OpenAI-compatible endpoint.
 
 The server runs on uvicorn with uvloop and httptools (uvicorn's own fast event loop and HTTP parser; without
-them it falls back to pure-Python h11, and at concurrency 16 the server did 25-40% fewer tokens/s).
+them it falls back to pure-Python h11, and at concurrency 16 the server did 25-40% fewer tokens/s). Its paged KV
+cache has the size `serve.cache_blocks` sets: left to itself, transformers serve gives that cache 60% of the
+machine's RAM on CPU (13.7 GB of 24 measured here, for a 1M-parameter model).
 
 The load test is a short asyncio client on httpx2 (the HTTP client of the openai package) that reads the
 server-sent events itself (guidellm and vLLM's bench client would pull in vLLM's CUDA-only stack,
 shared/facts.md): for each `concurrency`, that many clients each send `requests_per_client` streamed chat
 completions (greedy, `max_tokens`) one after another, prompts from the held-out set. Per level: requests/s,
-output tokens/s, time to first token and latency percentiles, errors; the fastest of `rounds` runs, with the
-errors of all of them. The baseline is the same model answering the same prompts one by one with `generate`
-in this process, also the fastest of `rounds` passes.
+output tokens/s, time to first token and latency percentiles, errors. The baseline is the same model answering
+the same prompts one by one with `generate` in this process, while the server idles. Rounds are interleaved,
+the baseline and then every level in each, so that a slow minute of this machine (tokens/s of either moves by
+up to 40% from one minute to the next) hits both sides of a ratio alike; each keeps its fastest of `rounds`,
+with the errors of all of them.
 It also checks: malformed requests get a 4xx and the server stays up; the server is reachable on its host
 only (127.0.0.1 unless `serve.host` says otherwise); the served answers equal `generate`'s.
 """
@@ -136,10 +140,40 @@ class CheckedRequests:
         return await self.app(scope, receive, send_with_id)
 
 
+def cache_flags(cfg) -> list[str]:
+    """transformers serve's flags for the continuous-batching cache that `serve` in params.yaml sizes."""
+    return ["--cb-num-blocks", str(cfg.cache_blocks), "--cb-block-size", str(cfg.block_size),
+            "--cb-max-batch-tokens", str(cfg.max_batch_tokens)]
+
+
+def no_timer_thread_per_request() -> None:
+    """transformers serve restarts a `threading.Timer` on every request to unload an idle model, even when the
+    timeout is off, as it is for a model given on the command line. `Thread.start` waits on the event loop's
+    thread until the new thread runs, and under load the generation thread holds the GIL: py-spy found a sixth
+    of the event loop's samples there. Without it concurrency 16 did 1,470 against 1,170 tokens/s (3 servers
+    each, alternated). Our own patch: the timer stays as it was where a timeout is set."""
+    from transformers.cli.serving.model_manager import TimedModel
+
+    restart_timer = TimedModel.reset_timer
+
+    def reset_timer(self) -> None:
+        if self.timeout_seconds > 0:
+            restart_timer(self)
+
+    TimedModel.reset_timer = reset_timer
+
+
 def serve_forever(argv: list[str]) -> int:
-    """`transformers serve ARGV` behind `CheckedRequests` (`python -m labs.serve ARGV`)."""
+    """`transformers serve ARGV` behind `CheckedRequests` (`python -m labs.serve ARGV`). Continuous batching gets
+    the cache params.yaml's `serve` sizes unless ARGV gives its own `--cb-num-blocks`."""
     from transformers.cli import transformers as cli
     from transformers.cli.serving import server
+
+    from labs.core.config import load_params
+
+    if "--continuous-batching" in argv and "--cb-num-blocks" not in argv:
+        argv = [*argv, *cache_flags(load_params().serve)]
+    no_timer_thread_per_request()
 
     build_server = server.build_server
 
@@ -156,16 +190,26 @@ def serve_forever(argv: list[str]) -> int:
     return cli.main()
 
 
-def server_command(path: Path, host: str, port: int, continuous_batching: bool, seed: int) -> list[str]:
-    return [sys.executable, "-m", "labs.serve", str(path), "--host", host, "--port",
-            str(port), "--continuous-batching" if continuous_batching else "--no-continuous-batching",
+def server_command(path: Path, cfg, port: int, seed: int) -> list[str]:
+    batching = ["--continuous-batching", *cache_flags(cfg)] if cfg.continuous_batching else ["--no-continuous-batching"]
+    return [sys.executable, "-m", "labs.serve", str(path), "--host", cfg.host, "--port", str(port), *batching,
             "--dtype", "float32", "--device", "cpu" if not torch.cuda.is_available() else "auto",
             "--default-seed", str(seed), "--no-trust-remote-code", "--log-level", "warning"]
 
 
+def peak_memory_mb(pid: int) -> float | None:
+    """A process's peak resident memory (Linux's VmHWM; None elsewhere)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 @contextlib.contextmanager
 def running_server(params: Params, path: Path, port: int):
-    """The server as a child process; yields its base URL once /health answers, and stops it afterwards."""
+    """The server as a child process; yields its base URL and process once /health answers, and stops it
+    afterwards."""
     cfg = params.serve
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}"
     with tempfile.TemporaryDirectory() as hub_cache:
@@ -175,7 +219,7 @@ def running_server(params: Params, path: Path, port: int):
                "OMP_NUM_THREADS": str(torch.get_num_threads())}
         log = Path(hub_cache) / "server.log"
         with log.open("w") as out:
-            server = subprocess.Popen(server_command(path, cfg.host, port, cfg.continuous_batching, params.seed),
+            server = subprocess.Popen(server_command(path, cfg, port, params.seed),
                                       env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + cfg.startup_timeout_s
@@ -190,7 +234,7 @@ def running_server(params: Params, path: Path, port: int):
                     raise DataError(f"transformers serve did not answer {url}/health within "
                                     f"serve.startup_timeout_s={cfg.startup_timeout_s} s")
                 time.sleep(0.5)
-            yield url
+            yield url, server
         finally:
             server.terminate()
             try:
@@ -282,36 +326,26 @@ def reachable_elsewhere(port: int) -> bool | None:
         return sock.connect_ex((address, port)) == 0
 
 
-def sequential_baseline(path: Path, tokenizer, prompts: list[str], max_tokens: int,
-                        rounds: int) -> tuple[dict, list[str]]:
-    """The same model answering one prompt at a time with `generate`: what serving is compared against.
-    The fastest of `rounds` passes, as for every load level."""
-    model = load_model(path, "fp32")
-    best = None
-    for _ in range(rounds):
-        started = time.perf_counter()
-        answers = []
-        for prompt in prompts:
-            answers += generate(model, tokenizer, [prompt], max_tokens, batch_size=1)[0]
-        seconds = time.perf_counter() - started
-        best = seconds if best is None else min(best, seconds)
+def sequential_pass(model, tokenizer, prompts: list[str], max_tokens: int) -> tuple[dict, list[str]]:
+    """The same model answering one prompt at a time with `generate`: what serving is compared against."""
+    started = time.perf_counter()
+    answers = []
+    for prompt in prompts:
+        answers += generate(model, tokenizer, [prompt], max_tokens, batch_size=1)[0]
+    seconds = time.perf_counter() - started
     tokens = sum(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-    return {"requests": len(prompts), "rounds": rounds, "requests_per_s": round(len(prompts) / best, 2),
-            "output_tokens_per_s": round(tokens / best, 1)}, answers
+    return {"requests": len(prompts), "requests_per_s": round(len(prompts) / seconds, 2),
+            "output_tokens_per_s": round(tokens / seconds, 1)}, answers
 
 
-def measure_level(url: str, model: str, prompts: list[str], concurrency: int, cfg, tokenizer) -> dict:
-    """One concurrency level `cfg.rounds` times: the fastest round's numbers, every round's errors."""
-    runs = []
-    for _ in range(cfg.rounds):
-        results, seconds = asyncio.run(load_level(url, model, prompts, concurrency, cfg.requests_per_client,
-                                                  cfg.max_tokens))
-        runs.append(summarize(results, seconds, tokenizer))
-    level = max(runs, key=lambda run: run["output_tokens_per_s"])
-    return {"concurrency": concurrency, **level, "rounds": cfg.rounds,
-            "errors": sum(run["errors"] for run in runs),
-            "error_kinds": sorted({kind for run in runs for kind in run["error_kinds"]}),
-            "requests": sum(run["requests"] for run in runs)}
+def fastest(runs: list[dict]) -> dict:
+    """A variant's fastest round, with the requests and errors of all its rounds."""
+    best = max(runs, key=lambda run: run["output_tokens_per_s"])
+    summary = {**best, "rounds": len(runs), "requests": sum(run["requests"] for run in runs)}
+    if "errors" in best:
+        summary |= {"errors": sum(run["errors"] for run in runs),
+                    "error_kinds": sorted({kind for run in runs for kind in run["error_kinds"]})}
+    return summary
 
 
 def run(params: Params) -> dict:
@@ -323,32 +357,47 @@ def run(params: Params) -> dict:
     port = cfg.port or free_port(cfg.host)
     # the served model's id is its path (transformers serve matches the request's `model` against it)
     model_id = str(path)
+    model = load_model(path, "fp32")
     baseline_prompts = prompts[:max(cfg.concurrency)]  # one request per client of the largest level
-    baseline, generated = sequential_baseline(path, tokenizer, baseline_prompts, cfg.max_tokens, cfg.rounds)
-    print(f"serve: sequential generate: {baseline['requests_per_s']} req/s, {baseline['output_tokens_per_s']} tok/s")
 
-    levels = []
-    with running_server(params, path, port) as url:
+    baseline_runs, level_runs = [], {concurrency: [] for concurrency in cfg.concurrency}
+    with running_server(params, path, port) as (url, server):
         warm, _ = asyncio.run(load_level(url, model_id, prompts, 1, 2, cfg.max_tokens))  # first-request setup
         if any("error" in r for r in warm):
             raise DataError(f"transformers serve at {url} failed the first requests: {warm}")
-        for concurrency in cfg.concurrency:
-            level = measure_level(url, model_id, prompts, concurrency, cfg, tokenizer)
-            level["throughput_vs_sequential"] = round(level["output_tokens_per_s"] / baseline["output_tokens_per_s"], 2)
-            levels.append(level)
-            print(f"serve: concurrency {concurrency}: {level['requests_per_s']} req/s, {level['output_tokens_per_s']} "
-                  f"tok/s ({level['throughput_vs_sequential']}x sequential), p50 {level['latency_ms_p50']} ms, "
-                  f"errors {level['errors']}")
+        for round_ in range(1, cfg.rounds + 1):
+            baseline, generated = sequential_pass(model, tokenizer, baseline_prompts, cfg.max_tokens)
+            baseline_runs.append(baseline)
+            report = [f"sequential {baseline['output_tokens_per_s']}"]
+            for concurrency, runs in level_runs.items():
+                results, seconds = asyncio.run(load_level(url, model_id, prompts, concurrency,
+                                                          cfg.requests_per_client, cfg.max_tokens))
+                runs.append(summarize(results, seconds, tokenizer))
+                report.append(f"concurrency {concurrency} {runs[-1]['output_tokens_per_s']}")
+            print(f"serve: round {round_}, tokens/s: {', '.join(report)}")
         served, _ = asyncio.run(load_level(url, model_id, baseline_prompts, len(baseline_prompts), 1, cfg.max_tokens))
         malformed = malformed_requests(url, model_id)
         alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
         elsewhere = reachable_elsewhere(port)
+        server_memory = peak_memory_mb(server.pid)
+
+    baseline = fastest(baseline_runs)
+    print(f"serve: sequential generate: {baseline['requests_per_s']} req/s, {baseline['output_tokens_per_s']} tok/s")
+    levels = []
+    for concurrency, runs in level_runs.items():
+        level = {"concurrency": concurrency, **fastest(runs)}
+        level["throughput_vs_sequential"] = round(level["output_tokens_per_s"] / baseline["output_tokens_per_s"], 2)
+        levels.append(level)
+        print(f"serve: concurrency {concurrency}: {level['requests_per_s']} req/s, {level['output_tokens_per_s']} "
+              f"tok/s ({level['throughput_vs_sequential']}x sequential), p50 {level['latency_ms_p50']} ms, "
+              f"errors {level['errors']}")
     same = [r.get("text") == g for r, g in zip(served, generated, strict=True)]
-    print(f"serve: malformed requests -> {malformed}; still up: {alive}; reachable off loopback: {elsewhere}")
+    print(f"serve: malformed requests -> {malformed}; still up: {alive}; reachable off loopback: {elsewhere}; "
+          f"server's peak memory {server_memory} MB")
     return {
         "model": cfg.model, "server": "transformers serve", "continuous_batching": cfg.continuous_batching,
         "host": cfg.host, "max_tokens": cfg.max_tokens, "requests_per_client": cfg.requests_per_client,
-        "sequential_generate": baseline, "levels": levels,
+        "sequential_generate": baseline, "levels": levels, "server_peak_rss_mb": server_memory,
         "malformed_status": malformed, "alive_after_malformed": alive, "reachable_off_loopback": elsewhere,
         "served_equals_generate_pct": round(100 * sum(same) / len(same), 2),
         "served_exact_match": exact_match(test[:len(served)], [r.get("text", "") for r in served])["overall"],

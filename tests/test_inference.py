@@ -5,13 +5,14 @@ answers every request and rejects malformed ones."""
 
 import asyncio
 import json
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from labs.decode import ContrastiveLogits, answer_diversity, distinct
-from labs.serve import CheckedRequests, chat_request_problem
+from labs.serve import CheckedRequests, chat_request_problem, no_timer_thread_per_request
 
 
 def load(path: Path) -> dict:
@@ -92,6 +93,27 @@ def test_server_answers_every_request_and_rejects_malformed_ones(built):
     assert serve["alive_after_malformed"] and serve["host"] == "127.0.0.1"
     assert serve["reachable_off_loopback"] in (False, None)
     assert serve["served_equals_generate_pct"] >= 90, "the server answers as generate does"
+    # the KV cache params.yaml sizes (64 MB), not transformers serve's own: 60% of the machine's RAM on CPU
+    assert 0 < serve["server_peak_rss_mb"] < 2048, serve["server_peak_rss_mb"]
+
+
+def test_a_request_starts_no_timer_thread_when_the_model_never_unloads():
+    from transformers.cli.serving.model_manager import TimedModel
+
+    restart_timer = TimedModel.reset_timer
+    try:
+        no_timer_thread_per_request()
+        never = TimedModel(types.SimpleNamespace(name_or_path="m"), timeout_seconds=-1)  # a model given at start
+        timer = never._timer
+        never.reset_timer()
+        assert never._timer is timer
+        idle_unloads = TimedModel(types.SimpleNamespace(name_or_path="m"), timeout_seconds=3600)
+        timer = idle_unloads._timer
+        idle_unloads.reset_timer()
+        assert idle_unloads._timer is not timer and idle_unloads._timer.is_alive(), "a set timeout still counts"
+        idle_unloads._timer.cancel()
+    finally:
+        TimedModel.reset_timer = restart_timer
 
 
 def test_chat_request_check():

@@ -281,7 +281,7 @@ class SpeculativeParams(Section):
 
     target: str = "sft"  # directories under models/
     draft: str = "distill/student"  # same tokenizer, several times smaller
-    draft_tokens: list[Annotated[int, Field(gt=0)]] = [2, 4, 8]  # tokens the draft proposes per target forward
+    draft_tokens: list[Annotated[int, Field(gt=0)]] = [4, 8, 16]  # tokens the draft proposes per target forward
     # constant: exactly draft_tokens each time; heuristic: transformers grows / shrinks it with acceptance
     schedule: Literal["constant", "heuristic"] = "constant"
     prompt_lookup_tokens: int = Field(10, gt=0)

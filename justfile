@@ -136,10 +136,10 @@ sweep LAB PARAM +VALUES:
     dvc exp show --no-pager --only-changed --md
 
 # the test suite
-# two pytest-xdist workers: one builds the tiny curriculum (itself on both cores) while the other runs the tests
-# that need no models; then both share the built project
+# two pytest-xdist workers: one builds the tiny curriculum (two stages at a time) while the other runs the tests
+# that need no models; then both share the built project, handed out two tests at a time (tests/conftest.py)
 test *ARGS:
-    python -m pytest -n 2 {{ARGS}}
+    python -m pytest -n 2 --maxschedchunk 1 {{ARGS}}
 
 # a benchmark: ratios measured side by side in one run (`just bench compression`)
 bench NAME:

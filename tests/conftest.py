@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,48 +92,75 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
     return path
 
 
-# After sft, the curriculum splits into branches that read only what is upstream of them. DVC's repository
-# lock lets one `dvc repro` run at a time, so `built` runs the spine through `dvc repro` and then these two
-# streams of stages side by side through the same CLI that DVC calls (`python -m labs NAME`), one thread
-# each: on two cores that halves the wait. `dvc commit` then records their outputs in dvc.lock, the last
-# stages run through `dvc repro` again, and test_dvc_repro_right_after_is_a_noop checks that DVC agrees
-# nothing is left to run.
-BRANCHES = (["lora", "qlora", "peft_methods", "prune"], ["reward", "dpo", "ppo", "grpo", "distill"])
-# what reads the branches' models, again in two streams; evaluate last, through `dvc repro`
-LEAVES = (["quantize", "attention"], ["decode", "speculative", "serve"])
-AFTER_BRANCHES = ["evaluate"]
+# DVC's repository lock lets one `dvc repro` run at a time, and DVC runs stages one by one. So `built` runs the
+# stages up to pretrain through `dvc repro`, then every later stage through the same CLI that DVC calls
+# (`python -m labs NAME`), two at a time, one thread each, each as soon as the stages it reads from are done:
+# on two cores that halves the wait. `dvc commit` then records their outputs in dvc.lock, and
+# test_dvc_repro_right_after_is_a_noop checks that DVC agrees nothing is left to run.
+SPINE = ["prepare", "tokenizer", "pretrain"]
+# when two stages are ready, the one with the longer chain of work behind it goes first (tiny-build seconds:
+# qlora 112 then peft_methods 42; distill 86 then quantize 55; reward 52 then ppo 67 and evaluate 13)
+PRIORITY = ["sft", "qlora", "distill", "lora", "reward", "grpo", "ppo", "prune", "quantize", "dpo",
+            "peft_methods", "decode", "evaluate", "serve", "speculative", "attention"]
 
 
-def run_streams(ws: Path, streams: tuple[list[str], ...], timeout: int) -> None:
+def upstream_stages(ws: Path) -> dict[str, set[str]]:
+    """stage -> the stages whose outputs it reads, from dvc.yaml's deps, outs, metrics and plots."""
+    stages = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]
+    made_by = {}
+    for name, stage in stages.items():
+        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
+            made_by[entry if isinstance(entry, str) else next(iter(entry))] = name
+    return {name: {made_by[out] for dep in stage.get("deps", []) for out in made_by
+                   if dep == out or dep.startswith(out + "/")} for name, stage in stages.items()}
+
+
+def run_in_parallel(ws: Path, stages: list[str], done: set[str], slots: int = 2, timeout: int = 1800) -> None:
+    """Each stage in `stages` once every stage it reads from is in `done`, at most `slots` at a time."""
+    after = upstream_stages(ws)
     env = {**os.environ, **ENV, "LAB_THREADS": "1"}
-    procs = []
-    for i, stages in enumerate(streams):
-        log = (ws / f".stream-{i}.log").open("w")
-        script = " && ".join(f"{sys.executable} -m labs {stage}" for stage in stages)
-        procs.append((subprocess.Popen(["bash", "-c", script], cwd=ws, env=env, stdout=log, stderr=log), log))
-    for proc, log in procs:
-        proc.wait(timeout=timeout)
-        log.close()
-        if proc.returncode != 0:
-            raise AssertionError(f"{log.name} exited {proc.returncode}\n{Path(log.name).read_text()[-3000:]}")
+    waiting, running, done = list(stages), {}, set(done)
+    deadline = time.monotonic() + timeout
+    while waiting or running:
+        for stage in [s for s in waiting if after[s] <= done][:slots - len(running)]:
+            log = (ws / f".{stage}.log").open("w")
+            running[stage] = (subprocess.Popen([sys.executable, "-m", "labs", stage], cwd=ws, env=env,
+                                               stdout=log, stderr=log), log)
+            waiting.remove(stage)
+        if not running:
+            raise AssertionError(f"stages whose upstream never ran: {waiting}")
+        time.sleep(0.5)
+        for stage, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"{stage} still running after {timeout} s")
+                continue
+            log.close()
+            del running[stage]
+            if proc.returncode != 0:
+                for other, _ in running.values():
+                    other.kill()
+                raise AssertionError(f"{stage} exited {proc.returncode}\n{Path(log.name).read_text()[-3000:]}")
+            done.add(stage)
 
 
 def build(ws: Path) -> None:
     make_workspace(ws)
     run(["just", "data"], cwd=ws)
-    run(["dvc", "repro", "sft"], cwd=ws, timeout=900)
-    run_streams(ws, BRANCHES, timeout=1200)
-    run_streams(ws, LEAVES, timeout=900)
-    run(["dvc", "commit", "--force", "--quiet", *(stage for stream in BRANCHES + LEAVES for stage in stream)], cwd=ws)
-    run(["dvc", "repro", *AFTER_BRANCHES], cwd=ws, timeout=900)
+    run(["dvc", "repro", SPINE[-1]], cwd=ws, timeout=900)
+    later = set(upstream_stages(ws)) - set(SPINE)
+    assert later == set(PRIORITY), f"conftest.PRIORITY must list dvc.yaml's stages after pretrain: {sorted(later)}"
+    run_in_parallel(ws, PRIORITY, done=set(SPINE))
+    run(["dvc", "commit", "--force", "--quiet", *PRIORITY], cwd=ws)
 
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
-    """The tiny project after `just data` and the whole curriculum: the spine through `dvc repro sft`, the
-    branches after it and then the stages that read them, each in two parallel streams, every output recorded
-    by `dvc commit`. Built once for all pytest-xdist workers (the first to ask builds it behind a file lock,
-    the others wait and reuse it). Read-only for tests: one that runs anything in it takes `built_copy`."""
+    """The tiny project after `just data` and the whole curriculum: `dvc repro pretrain`, then every later stage
+    two at a time as its upstream finishes, every output recorded by `dvc commit`. Built once for all pytest-xdist
+    workers (the first to ask builds it behind a file lock, the others wait and reuse it). Read-only for tests:
+    one that runs anything in it takes `built_copy`."""
     if reuse := os.environ.get("LAB_TEST_BUILT"):  # a developer's shortcut: a `built` workspace of an earlier run
         return Path(reuse)
     shared = tmp_path_factory.getbasetemp()
@@ -174,9 +202,17 @@ def workspace(prepared_template, tmp_path) -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that need no `built` project first: pytest-xdist hands each worker a first chunk from the front, so
-    one worker runs these while the first to ask for `built` builds it (a stable sort keeps files together)."""
-    items.sort(key=lambda item: "built" in getattr(item, "fixturenames", ()))
+    """One test of the built project, then every test that needs none, then the other built ones, longest first
+    (`long` marks). `just test` has pytest-xdist hand out tests two at a time from the front (`--maxschedchunk
+    1`): one worker takes the first and builds the project while the other runs the tests that need none, and
+    then the two share what is left without one holding a queue of tests the other waits out."""
+    def seconds(item) -> float:
+        mark = item.get_closest_marker("long")
+        return mark.args[0] if mark else 0
+
+    built = sorted((item for item in items if "built" in item.fixturenames), key=seconds, reverse=True)
+    rest = [item for item in items if "built" not in item.fixturenames]
+    items[:] = built[:1] + rest + built[1:]
 
 
 @pytest.fixture(scope="session", autouse=True)

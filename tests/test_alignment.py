@@ -72,7 +72,9 @@ def test_evaluate_compares_every_aligned_model(built):
     assert table["sft"]["reward"] > table["pretrain"]["reward"], "the judge prefers answers to rambling"
 
 
-def test_every_dpo_variant_is_one_param_away(built, tmp_path):
+@pytest.mark.long(19)  # seconds each, measured in `just test` (four variants: 77 s)
+@pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
+def test_every_dpo_variant_is_one_param_away(built, tmp_path, loss):
     """`-S dpo.loss=X` is all it takes; the variant's metrics land in metrics/dpo.json for the table.
     (The file's pairs here: on-policy sampling is the default's, tested above.)"""
     ws = tmp_path / "ws"
@@ -80,11 +82,10 @@ def test_every_dpo_variant_is_one_param_away(built, tmp_path):
         copy = shutil.copytree if (built / part).is_dir() else shutil.copy
         (ws / part).parent.mkdir(parents=True, exist_ok=True)
         copy(built / part, ws / part)
-    for loss in ("ipo", "kto", "orpo", "simpo"):
-        lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.pairs=dataset", "-S", "dpo.max_steps=30",
-            "-S", "evaluate.max_new_tokens=8", cwd=ws)  # only the fitted preference accuracy is asserted
-        dpo = load(ws / "metrics/dpo.json")
-        assert dpo["loss"] == loss and dpo["steps"] == 30 and dpo["pairs"] == "dataset"
-        # measured here: ipo 79, kto 79, simpo 77, orpo 53.5 (its NLL term on chosen dominates 30 steps)
-        assert dpo["fit_preference_accuracy"] > 52, (loss, "chosen gained on rejected relative to SFT")
-        assert load(ws / "models/dpo/run_card.json")["config"]["loss"] == loss
+    lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.pairs=dataset", "-S", "dpo.max_steps=30",
+        "-S", "evaluate.max_new_tokens=8", cwd=ws)  # only the fitted preference accuracy is asserted
+    dpo = load(ws / "metrics/dpo.json")
+    assert dpo["loss"] == loss and dpo["steps"] == 30 and dpo["pairs"] == "dataset"
+    # measured here: ipo 79, kto 79, simpo 77, orpo 53.5 (its NLL term on chosen dominates 30 steps)
+    assert dpo["fit_preference_accuracy"] > 52, "chosen gained on rejected relative to SFT"
+    assert load(ws / "models/dpo/run_card.json")["config"]["loss"] == loss

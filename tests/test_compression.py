@@ -110,6 +110,7 @@ def test_compression_table_measures_every_row(built):
 
 
 @pytest.mark.slow
+@pytest.mark.long(28)
 def test_one_method_is_one_param_and_gpu_methods_fail_clearly_on_cpu(built, tmp_path):
     for part in ("labs", "params.yaml", "data/prepared", "models/sft", "models/distill", "metrics"):
         copy = shutil.copytree if (built / part).is_dir() else shutil.copy

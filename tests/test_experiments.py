@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import run
@@ -32,6 +33,7 @@ def experiments(show: list) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.long(78)
 def test_sweep_runs_three_sft_values_and_exp_show_lists_them(built, tmp_path):
     ws = Path(shutil.copytree(built, tmp_path / "sweep", symlinks=True))
     run(["git", "add", "-A"], cwd=ws)

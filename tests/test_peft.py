@@ -83,6 +83,7 @@ def test_peft_table_has_a_row_per_method_and_every_adapter_is_smaller(built):
         assert (built / "models/peft_methods" / name / "adapter_config.json").exists()
 
 
+@pytest.mark.long(38)
 def test_every_method_is_one_param_away(built, tmp_path):
     """`-S lora.method=...` (what `dvc exp run -S` passes too) switches the lab's method. Run in a copy so
     the shared built project stays as DVC left it."""

@@ -102,7 +102,11 @@ def inference(metrics_dir: Path) -> list[str]:
                      f"for `{spec['target']}`, {spec['target_parameters'] / 1e6:.2f}M): greedy {assisted}; outputs "
                      f"identical to plain greedy: {spec['best_assisted']['identical_pct']}%. Prompt lookup: "
                      f"{rows['prompt_lookup']['speedup']}× ({rows['prompt_lookup']['acceptance_pct']}% acceptance)"
-                     + (f"; sampling: {sampled['speedup']}×." if sampled else "."))
+                     + (f"; sampling: {sampled['speedup']}×." if sampled else ".")
+                     + (f" A draft forward costs {cost} of a plain-greedy target forward "
+                        f"({rows[spec['best_assisted']['name']]['draft_ms_per_forward']} vs "
+                        f"{rows['greedy']['target_ms_per_forward']} ms)."
+                        if (cost := spec["best_assisted"].get("draft_forward_cost_vs_target")) else ""))
     if serve := load("serve"):
         seq = serve["sequential_generate"]
         levels = "; ".join(f"{lv['concurrency']}: {lv['requests_per_s']} req/s, {lv['output_tokens_per_s']:.0f} tok/s "

@@ -19,6 +19,8 @@ then `[8,16,24,48]`); side by side, three runs gave the best 1.20x, 1.21x and 1.
 Acceptance rate = accepted / proposed draft tokens, and tokens per target forward, are counted by wrapping
 the candidate generator's `update_candidate_strategy` (transformers exposes no such statistic;
 shared/facts.md): it sees every verification step, with the proposals' logits and the number that matched.
+Hooks around each model's forward count and time the forwards, so the metrics show where the time goes: how
+many target and draft forwards a prompt took, and what one of each cost.
 """
 
 from __future__ import annotations
@@ -64,6 +66,30 @@ def counting_verifications():
                 cls.update_candidate_strategy = original
 
 
+@contextlib.contextmanager
+def timing_forwards(**models):
+    """Calls and wall seconds of each model's forward passes (module hooks around the whole model): what a
+    draft token costs next to a target forward, the number that bounds the speedup."""
+    spent = {name: {"calls": 0, "seconds": 0.0} for name in models}
+    handles = []
+    for name, model in models.items():
+        started: list[float] = []
+
+        def before(module, args, started=started):
+            started.append(time.perf_counter())
+
+        def after(module, args, output, name=name, started=started):
+            spent[name]["seconds"] += time.perf_counter() - started.pop()
+            spent[name]["calls"] += 1
+
+        handles += [model.register_forward_pre_hook(before), model.register_forward_hook(after)]
+    try:
+        yield spent
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def configure_draft(draft, tokens: int, schedule: str) -> None:
     config = draft.generation_config
     config.num_assistant_tokens, config.num_assistant_tokens_schedule = tokens, schedule
@@ -107,13 +133,16 @@ def run(params: Params) -> dict:
         knobs, draft_tokens = variants[name]
         if draft_tokens is not None:
             configure_draft(draft, draft_tokens, cfg.schedule)
-        with counting_verifications() as counts:
+        with counting_verifications() as counts, timing_forwards(target=target, draft=draft) as forwards:
             ids, seconds = decode_one(target, tokenizer, batches[i], cfg.max_new_tokens, params.seed + i, **knobs)
+        for model, spent in forwards.items():
+            counts[f"{model}_forwards"], counts[f"{model}_forward_s"] = spent["calls"], spent["seconds"]
         return ids, seconds, counts
 
     for name in variants:  # first calls set up what later ones reuse: untimed
         decode(name, 0)
-    totals = {name: {"seconds": 0.0, "tokens": 0, "steps": 0, "proposed": 0, "accepted": 0} for name in variants}
+    totals = {name: {"seconds": 0.0, "tokens": 0, "steps": 0, "proposed": 0, "accepted": 0, "target_forwards": 0,
+                     "target_forward_s": 0.0, "draft_forwards": 0, "draft_forward_s": 0.0} for name in variants}
     outputs: dict[str, list[list[int]]] = {name: [] for name in variants}
     for round_ in range(cfg.rounds):
         for i in range(len(batches)):
@@ -140,6 +169,12 @@ def run(params: Params) -> dict:
             # every verification step is one target forward (the first one also reads the prompt)
             "tokens_per_target_forward": round(total["tokens"] / total["steps"], 3) if total["steps"] else None,
         }
+        # where the time goes: forwards per prompt and milliseconds per forward (a first one reads the prompt)
+        decoded = cfg.rounds * len(prompts)
+        for model in ("target", "draft"):
+            calls = total[f"{model}_forwards"]
+            row[f"{model}_forwards_per_prompt"] = round(calls / decoded, 2)
+            row[f"{model}_ms_per_forward"] = round(1000 * total[f"{model}_forward_s"] / calls, 3) if calls else None
         if not name.startswith("sampling"):
             row["identical_pct"] = round(100 * sum(a == b for a, b in zip(outputs[name], outputs["greedy"],
                                                                           strict=True)) / len(prompts), 2)
@@ -148,11 +183,18 @@ def run(params: Params) -> dict:
               f"{row['acceptance_pct']}%, identical {row.get('identical_pct')}%")
     assisted = [r for r in rows if r["name"].startswith("assisted_")]
     fastest = max(assisted, key=lambda r: r["speedup"])
+    plain = next(r for r in rows if r["name"] == "greedy")
+    # a draft forward as a share of a plain-greedy target forward: near 0 for a 7B target and a 68M draft on a
+    # GPU; at this size the per-operation overhead of each layer sets both, and the share is the layer ratio
+    draft_cost = round(fastest["draft_ms_per_forward"] / plain["target_ms_per_forward"], 3)
+    print(f"speculative: a draft forward costs {draft_cost} of a target forward "
+          f"({fastest['draft_ms_per_forward']} vs {plain['target_ms_per_forward']} ms)")
     return {
         "target": cfg.target, "draft": cfg.draft, "schedule": cfg.schedule, "prompts": len(prompts),
         "rounds": cfg.rounds,
         "target_parameters": count_parameters(target), "draft_parameters": count_parameters(draft),
         "variants": rows,  # a list: metrics files sort keys, and the table reads in this order
         "best_assisted": {"name": fastest["name"], "speedup": fastest["speedup"],
-                          "acceptance_pct": fastest["acceptance_pct"], "identical_pct": fastest["identical_pct"]},
+                          "acceptance_pct": fastest["acceptance_pct"], "identical_pct": fastest["identical_pct"],
+                          "draft_forward_cost_vs_target": draft_cost},
     }

@@ -80,6 +80,16 @@ def test_speculative_decoding_keeps_greedy_output_and_counts_acceptance(built):
     assert 1 < rows["assisted_4"]["tokens_per_target_forward"] <= 5, "up to 4 accepted + 1 from the target"
     assert rows["greedy"]["acceptance_pct"] is None and rows["greedy"]["speedup"] == 1
     assert spec["draft_parameters"] * 3 <= spec["target_parameters"]
+    # the forward hooks agree with the other counters: plain greedy runs one target forward per new token, and
+    # assisted decoding one per verification step
+    decoded = spec["prompts"] * spec["rounds"]
+    assert rows["greedy"]["target_forwards_per_prompt"] == round(rows["greedy"]["tokens"] / decoded, 2)
+    steps = rows["assisted_4"]["tokens"] / rows["assisted_4"]["tokens_per_target_forward"]
+    assert abs(rows["assisted_4"]["target_forwards_per_prompt"] - steps / decoded) < 0.02
+    assert rows["assisted_4"]["draft_forwards_per_prompt"] > rows["assisted_4"]["target_forwards_per_prompt"]
+    assert rows["greedy"]["draft_ms_per_forward"] is None
+    cost = spec["best_assisted"]["draft_forward_cost_vs_target"]
+    assert 0 < cost < 1, "a 2-layer draft forward costs less than a 4-layer target forward"
 
 
 @pytest.mark.slow

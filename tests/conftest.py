@@ -121,28 +121,30 @@ def run_in_parallel(ws: Path, stages: list[str], done: set[str], slots: int = 2,
     env = {**os.environ, **ENV, "LAB_THREADS": "1"}
     waiting, running, done = list(stages), {}, set(done)
     deadline = time.monotonic() + timeout
-    while waiting or running:
-        for stage in [s for s in waiting if after[s] <= done][:slots - len(running)]:
-            log = (ws / f".{stage}.log").open("w")
-            running[stage] = (subprocess.Popen([sys.executable, "-m", "labs", stage], cwd=ws, env=env,
-                                               stdout=log, stderr=log), log)
-            waiting.remove(stage)
-        if not running:
-            raise AssertionError(f"stages whose upstream never ran: {waiting}")
-        time.sleep(0.5)
-        for stage, (proc, log) in list(running.items()):
-            if proc.poll() is None:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise AssertionError(f"{stage} still running after {timeout} s")
-                continue
+    try:
+        while waiting or running:
+            for stage in [s for s in waiting if after[s] <= done][:slots - len(running)]:
+                log = (ws / f".{stage}.log").open("w")
+                running[stage] = (subprocess.Popen([sys.executable, "-m", "labs", stage], cwd=ws, env=env,
+                                                   stdout=log, stderr=log), log)
+                waiting.remove(stage)
+            if not running:
+                raise AssertionError(f"stages whose upstream never ran: {waiting}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{sorted(running)} still running after {timeout} s")
+            time.sleep(0.5)
+            for stage, (proc, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[stage]
+                if proc.returncode != 0:
+                    raise AssertionError(f"{stage} exited {proc.returncode}\n{Path(log.name).read_text()[-3000:]}")
+                done.add(stage)
+    finally:  # a failed or late stage stops the others: nothing keeps running after the build has failed
+        for proc, log in running.values():
+            proc.kill()
             log.close()
-            del running[stage]
-            if proc.returncode != 0:
-                for other, _ in running.values():
-                    other.kill()
-                raise AssertionError(f"{stage} exited {proc.returncode}\n{Path(log.name).read_text()[-3000:]}")
-            done.add(stage)
 
 
 def build(ws: Path) -> None:

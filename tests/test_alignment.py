@@ -72,7 +72,7 @@ def test_evaluate_compares_every_aligned_model(built):
     assert table["sft"]["reward"] > table["pretrain"]["reward"], "the judge prefers answers to rambling"
 
 
-@pytest.mark.long(19)  # seconds each, measured in `just test` (four variants: 77 s)
+@pytest.mark.long(19)  # seconds each (`pytest --durations`: the four in one test took 77 s)
 @pytest.mark.parametrize("loss", ["ipo", "kto", "orpo", "simpo"])
 def test_every_dpo_variant_is_one_param_away(built, tmp_path, loss):
     """`-S dpo.loss=X` is all it takes; the variant's metrics land in metrics/dpo.json for the table.

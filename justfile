@@ -65,18 +65,31 @@ docker ACTION NAME TIER:
 labs:
     @python -m labs list
 
-# run a lab and whatever it needs upstream through DVC, then refresh the evaluation table
+# run a lab and whatever it needs upstream through DVC, then refresh the evaluation table if nothing else
+# must be built for it: evaluate compares every model in evaluate.models, and on a fresh clone
+# `dvc repro evaluate` would first train reward, dpo, ppo and grpo (most of the curriculum)
 lab NAME: _data
     #!/usr/bin/env bash
     set -euo pipefail
     if [ "{{NAME}}" = data ]; then exit 0; fi
-    if ! python -m labs names | grep -qx "{{NAME}}"; then
-        echo "error: unknown lab '{{NAME}}' (expected one of: $(python -m labs names | tr '\n' ' '))" >&2
+    # names read whole before grep: `cmd | grep -q` under pipefail fails when grep exits before cmd's last write
+    labs=$(python -m labs names)
+    if ! grep -qx "{{NAME}}" <<<"$labs"; then
+        echo "error: unknown lab '{{NAME}}' (expected one of: $(tr '\n' ' ' <<<"$labs"))" >&2
         exit 2
     fi
     dvc repro {{NAME}}
-    if [ "{{NAME}}" != evaluate ] && python -m labs names --evaluated | grep -qx "{{NAME}}"; then
-        dvc repro evaluate
+    if [ "{{NAME}}" != evaluate ] && grep -qx "{{NAME}}" <<<"$(python -m labs names --evaluated)"; then
+        # a dry run lists the stages evaluate would run; it stops at the first one whose inputs are not built
+        plan=$(dvc repro evaluate --dry 2>&1) && ready=yes || ready=no
+        others=$(printf '%s\n' "$plan" | sed -n "s/^Running stage '\(.*\)':$/\1/p" | grep -vx evaluate || true)
+        if [ "$ready" = yes ] && [ -z "$others" ]; then
+            dvc repro evaluate
+        else
+            others=$(echo $others)
+            echo "evaluate not refreshed: ${others:+it would first run $others; }\`just lab evaluate\` builds" \
+                 "the models it compares and refreshes metrics/evaluate.json" >&2
+        fi
     fi
 
 # serve a model (default: the SFT model) on 127.0.0.1:8000 with the OpenAI API, until Ctrl-C

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import lab, run
 
@@ -68,6 +69,30 @@ def test_dvc_repro_right_after_is_a_noop(built_copy):
     assert "Running stage" not in proc.stdout
     assert time.perf_counter() - start < 30
     assert "up to date" in run(["dvc", "status"], cwd=built_copy).stdout
+
+
+def test_just_lab_refreshes_evaluate_only_when_nothing_else_must_be_built(built_copy):
+    """`just lab sft` must not train the alignment chain for the evaluation table: with dpo out of date it says
+    so and leaves evaluate alone; once only evaluate is out of date, it refreshes it."""
+    original = (built_copy / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["dpo"]["lr"] *= 2
+    (built_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    table = (built_copy / "metrics/evaluate.json").read_text()
+    dpo_card = load(built_copy / "models/dpo/run_card.json")
+    proc = run(["just", "lab", "sft"], cwd=built_copy)
+    assert "evaluate not refreshed: it would first run dpo" in proc.stderr, proc.stderr
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert (built_copy / "metrics/evaluate.json").read_text() == table
+    assert load(built_copy / "models/dpo/run_card.json") == dpo_card
+
+    (built_copy / "params.yaml").write_text(original)
+    (built_copy / "metrics/evaluate.json").unlink()
+    proc = run(["just", "lab", "sft"], cwd=built_copy)
+    # DVC runs evaluate, or restores the run it has cached for the same inputs
+    refreshed = ("Running stage 'evaluate'", "Stage 'evaluate' is cached")
+    assert any(line in proc.stdout for line in refreshed) and "not refreshed" not in proc.stderr, proc.stdout
+    assert load(built_copy / "metrics/evaluate.json")["models"]["sft"]
 
 
 def test_data_regenerates_the_same_bytes(built_copy):

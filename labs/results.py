@@ -31,7 +31,8 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
                          f"({m['run']['threads']} threads, peak RSS {m['run']['peak_rss_mb']} MB).")
     peft = metrics_dir / "peft_methods.json"
     if peft.exists():
-        lines += ["", "PEFT methods beside full SFT (`just lab peft_methods`), on the same data and schedule:", "",
+        lines += ["", "PEFT methods beside full SFT (`just lab peft_methods`), on the same data; each "
+                  "method's epochs and learning rate are in `params.yaml`:", "",
                   peft_table(json.loads(peft.read_text())["table"])]
         lora = json.loads((metrics_dir / "lora.json").read_text())
         shares = ", ".join(f"{share['trainable_pct']:.2f}% of {name} ({share['parameters'] / 1e6:.1f}M)"
@@ -182,8 +183,10 @@ def alignment(metrics_dir: Path) -> list[str]:
                      f"{ppo['exact_match']['overall']}, answer length {ppo['words_before']} → {ppo['words']} words, "
                      f"repetition {ppo['repetition_before']}% → {ppo['repetition']}% ({took(ppo)}).")
     if grpo := load("grpo"):
-        lines.append(f"- `grpo`: mean reward {grpo['reward_first']} → **{grpo['reward_last']}**, EM "
-                     f"{grpo['exact_match_before']['overall']} → **{grpo['exact_match']['overall']}**, KL to SFT "
+        lines.append(f"- `grpo`: held-out answers sampled as in training (one per prompt) right "
+                     f"{grpo['sampled_exact_match_before']}% → **{grpo['sampled_exact_match']}%**, greedy EM "
+                     f"{grpo['exact_match_before']['overall']} → **{grpo['exact_match']['overall']}**; training "
+                     f"reward (first → last tenth) {grpo['reward_first']} → {grpo['reward_last']}, KL to SFT "
                      f"{grpo['kl_to_sft']} ({took(grpo)}).")
     return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo`):", "", *lines] if lines else []
 

@@ -1,4 +1,4 @@
-"""distill — knowledge distillation of the SFT model (teacher) into a student with ~7x fewer parameters.
+"""distill — knowledge distillation of the SFT model (teacher) into a student with ~14x fewer parameters.
 
     just lab distill
     dvc exp run -S distill.alpha=0.9 -S distill.temperature=4

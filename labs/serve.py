@@ -13,7 +13,7 @@ any OpenAI-compatible endpoint.
 The server runs on uvicorn with uvloop and httptools (uvicorn's own fast event loop and HTTP parser; without
 them it falls back to pure-Python h11, and at concurrency 16 the server did 25-40% fewer tokens/s). Its paged KV
 cache has the size `serve.cache_blocks` sets: left to itself, transformers serve gives that cache 60% of the
-machine's RAM on CPU (13.7 GB of 24 measured here, for a 1M-parameter model).
+machine's RAM on CPU (13.7 GB of 24 measured here, for the earlier 1.1M-parameter model).
 
 The load test is a short asyncio client on httpx2 (the HTTP client of the openai package) that reads the
 server-sent events itself (guidellm and vLLM's bench client would pull in vLLM's CUDA-only stack,

@@ -3,14 +3,15 @@
     just lab speculative
     dvc exp run -S 'speculative.draft_tokens=[3]' -S speculative.schedule=heuristic
 
-The draft is the distilled student (`distill`: same tokenizer, 7x fewer parameters). Measured against plain
+The draft is the distilled student (`distill`: same tokenizer, 14x fewer parameters). Measured against plain
 decoding of the same prompts, one prompt at a time (assisted generation works on batch 1). Every variant
 decodes a prompt back to back with the others, in an order that flips from prompt to prompt, for `rounds`
 passes over the prompts; a variant's tokens/s are its tokens over its seconds in all of them. This machine's
 speed drifts (one plain-greedy pass over the 64 prompts took 1.7 to 2.9 s across the rounds of one run), and
 timing the variants side by side on each prompt keeps that out of their ratios. Whole passes of one variant
 after another put 16 drafted at 1.34x in one run and 1.15x in the next (`-S 'speculative.draft_tokens=[6,8,12,16]'`,
-then `[8,16,24,48]`); side by side, three runs gave the best 1.20x, 1.21x and 1.23x:
+then `[8,16,24,48]`); side by side, three runs gave the best 1.20x, 1.21x and 1.23x (on the earlier 4-layer
+target):
   * greedy: plain vs assisted with `draft_tokens` proposals per target forward, and prompt lookup decoding
     (candidates copied from the prompt: no draft model). Greedy outputs must be identical to plain greedy:
     `identical_pct` checks it token for token,
@@ -125,7 +126,7 @@ def run(params: Params) -> dict:
     variants |= {f"assisted_{k}": (greedy | {"assistant_model": draft}, k) for k in cfg.draft_tokens}
     variants["prompt_lookup"] = (greedy | {"prompt_lookup_num_tokens": cfg.prompt_lookup_tokens}, None)
     variants["sampling"] = (sampled, None)
-    # the most proposals: each draft call has a fixed cost that few tokens do not repay (metrics: 4 drafted 0.96x)
+    # the most proposals: each draft call has a fixed cost that few tokens repay least (4 drafted is the slowest)
     most = max(cfg.draft_tokens)
     variants[f"sampling_assisted_{most}"] = (sampled | {"assistant_model": draft}, most)
 

@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"families": ["add", "sort"], "sft_per_family": 1500, "test_per_family": 50,
              "corpus_per_family": 1500, "preference_per_family": 400, "rl_per_family": 200},
-    # lora and qlora keep the full schedule (their effect is asserted like sft's: EM 32 and 36 measured on
-    # this config); the other methods only need to show that they train
+    # the CPU tier's earlier 4-layer model, on which every effect below was measured: the 8-layer default
+    # (deep enough for speculative decoding to pay) would take `just test` past 15 minutes
+    "pretrain": {"model": {"num_layers": 4}, "lr": 3.0e-3},
+    # lora and qlora keep the 4-layer model's schedule (their effect is asserted like sft's: EM 32 and 36
+    # measured on this config); the other methods only need to show that they train
+    "lora": {"epochs": 4, "lr": 5.0e-3},
+    "qlora": {"epochs": 4, "lr": 5.0e-3},
     "peft_methods": {"methods": {"dora": {"max_steps": 60}, "prefix": {"max_steps": 60}, "prompt": {"max_steps": 60},
                                  "ia3": {"max_steps": 60}}},
     # the alignment labs: short schedules whose direction is still clear (asserted in test_alignment.py)

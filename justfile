@@ -8,7 +8,7 @@ default:
 # install the CPU tier into the active environment: torch's CPU wheel, then the lock CI and the cpu image use
 setup:
     pip install torch==2.13.0
-    pip install --require-hashes -r docker/locks/ci.txt
+    set -a; . docker/llama-cpp.env; set +a; pip install --no-cache-dir --require-hashes -r docker/locks/ci.txt
     pip install --no-deps -e .
     just llama-cpp
 

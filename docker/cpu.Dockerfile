@@ -17,12 +17,14 @@ RUN python3 -m venv /opt/venv
 ARG TORCH_VERSION=2.13.0
 # where torch's CPU build is (no CUDA libraries): its version, 2.13.0+cpu, outranks the CUDA build of the default index
 ARG TORCH_FIND_LINKS=https://download.pytorch.org/whl/cpu/torch/
-COPY docker/locks/cpu.txt /tmp/cpu.txt
+COPY docker/locks/cpu.txt docker/llama-cpp.env /tmp/
 # The optional secret `cabundle` is a CA bundle for builds behind a TLS-inspecting proxy; without it pip uses
-# its own. Torch first, its CPU build; then every other package at the lock's version and hash.
+# its own. Torch first, its CPU build; then every other package at the lock's version and hash, llama.cpp
+# compiled for the portable AVX2 baseline (llama-cpp.env), not for the CPU that happens to build the image.
 RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
     && pip install --find-links "$TORCH_FIND_LINKS" "torch==${TORCH_VERSION}" \
+    && set -a && . /tmp/llama-cpp.env && set +a \
     && pip install --require-hashes -r /tmp/cpu.txt \
     && python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch'"
 COPY pyproject.toml README.md /src/

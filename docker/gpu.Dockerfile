@@ -28,11 +28,13 @@ ARG TIER=t4
 # a100 only: flash-attention 2 as a prebuilt wheel matched to torch 2.13 / CUDA 13 / cp312 / C++11 ABI. No package
 # index hosts one (PyPI has its source, which compiles for hours), so the wheel's address is an argument.
 ARG FLASH_ATTN_WHEEL=""
-COPY docker/locks/cuda.txt /tmp/cuda.txt
+# llama.cpp compiled for the portable AVX2 baseline (llama-cpp.env), not for the CPU that happens to build the image
+COPY docker/locks/cuda.txt docker/llama-cpp.env /tmp/
 # The optional secret `cabundle` is a CA bundle for builds behind a TLS-inspecting proxy.
 # hadolint ignore=DL3013  # the flash-attention wheel is one exact file
 RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+    && set -a && . /tmp/llama-cpp.env && set +a \
     && pip install --require-hashes -r /tmp/cuda.txt \
     && if [ "$TIER" = a100 ]; then \
         if [ -z "$FLASH_ATTN_WHEEL" ]; then echo "error: a100 needs --build-arg FLASH_ATTN_WHEEL=<wheel address> (docker/README.md)" >&2; exit 2; fi; \

@@ -2,6 +2,11 @@
 
 import logging
 
+from labs.core import kernels
+
+# Before anything imports torch: the CPU kernels' code paths are chosen on first use (labs/core/kernels.py).
+kernels.pin()
+
 # bitsandbytes (imported by peft and trl) warns at import on AVX512-BF16 CPUs that it cannot fetch an
 # optional fused 4-bit kernel from the hub; offline it uses its dequantize-then-matmul path, which is
 # what qlora measures. The warning would break every lab's one-line error output.

@@ -21,13 +21,14 @@ held-out prompts where the merged model's greedy answer equals base+adapter's.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from labs.core.adapters import MERGEABLE, peft_config, train_adapter
+from labs.core.adapters import MERGEABLE, peft_config, seed_spread, train_adapter
 from labs.core.config import LoraParams, Params
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
@@ -63,6 +64,10 @@ def run(params: Params) -> dict:
     model = load_model(base, cfg.precision, cfg.attn_implementation, training=True)
     trainer, metrics, card = train_adapter(params, cfg, "lora", model, tokenizer, base, count_parameters(model))
     completions = metrics.pop("completions")  # base + adapter, greedy, on the held-out prompts
+    if cfg.seeds:
+        reload = partial(load_model, base, cfg.precision, cfg.attn_implementation, training=True)
+        metrics["seed_spread"] = seed_spread(params, cfg, "lora", metrics, reload, tokenizer, base,
+                                             metrics["parameters"])
 
     with atomic_path(OUT) as tmp:
         save_model(trainer.model, tokenizer, tmp / "adapter", card)  # PEFT saves the adapter weights only

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
-from labs.core.adapters import train_adapter
+from labs.core.adapters import seed_spread, train_adapter
 from labs.core.config import LoraParams, Params
 from labs.core.evaluation import peft_table
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
@@ -32,7 +33,8 @@ def train_methods(params: Params) -> dict[str, dict]:
     with atomic_path(OUT) as tmp:
         for method, overrides in params.peft_methods.methods.items():
             cfg = LoraParams.model_validate(
-                params.lora.model_dump() | {"method": method} | overrides.model_dump(exclude_none=True))
+                # lora's seeds are lora's: a method here is retrained over seeds only when its own entry asks
+                params.lora.model_dump() | {"method": method, "seeds": []} | overrides.model_dump(exclude_none=True))
             reset_peak_memory()
             started = time.perf_counter()
             model = load_model(base, cfg.precision, cfg.attn_implementation, training=True)
@@ -40,6 +42,10 @@ def train_methods(params: Params) -> dict[str, dict]:
                                                    count_parameters(model))
             metrics.pop("completions")
             save_model(trainer.model, tokenizer, tmp / method, card)
+            if cfg.seeds:
+                reload = partial(load_model, base, cfg.precision, cfg.attn_implementation, training=True)
+                metrics["seed_spread"] = seed_spread(params, cfg, f"peft_methods/{method}", metrics, reload,
+                                                     tokenizer, base, metrics["parameters"])
             metrics |= {"config": cfg.model_dump(mode="json"), "adapter_mb": safetensors_mb(tmp / method),
                         "run": {"wall_time_s": round(time.perf_counter() - started, 1), "peak_rss_mb": peak_rss_mb()}}
             if (gpu := peak_gpu_mb()) is not None:
@@ -62,6 +68,10 @@ def row(name: str, m: dict) -> dict:
         "wall_time_s": m["run"]["wall_time_s"],
         "adapter_mb": m.get("adapter_mb", m.get("weights_mb")),
         "exact_match": m["exact_match"]["overall"],
+        # over every seed the method was trained with (the single run's included); absent: one seed only
+        "exact_match_seeds": {key: m["seed_spread"][key] for key in ("seeds", "overall_mean", "overall_sd",
+                                                                       "overall_min", "overall_max")}
+        if "seed_spread" in m else None,
         "val_loss": m["val_loss"],
         "corpus_perplexity": m.get("corpus_perplexity"),
     }

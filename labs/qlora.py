@@ -19,6 +19,7 @@ exact-match.
 
 from __future__ import annotations
 
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import bitsandbytes as bnb
 from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
-from labs.core.adapters import train_adapter
+from labs.core.adapters import seed_spread, train_adapter
 from labs.core.config import Params, QLoraParams
 from labs.core.evaluation import exact_match
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require
@@ -72,6 +73,9 @@ def run(params: Params) -> dict:
     quantized_mb = model.get_memory_footprint() / 2**20  # right for bitsandbytes (not for torchao: shared/facts.md)
     trainer, metrics, card = train_adapter(params, cfg, "qlora", model, tokenizer, base, parameters)
     completions = metrics.pop("completions")  # 4-bit base + adapter, as trained
+    if cfg.seeds:
+        metrics["seed_spread"] = seed_spread(params, cfg, "qlora", metrics, partial(load_quantized, base, cfg),
+                                             tokenizer, base, parameters)
 
     with atomic_path(OUT) as tmp:
         save_model(trainer.model, tokenizer, tmp / "adapter", card)

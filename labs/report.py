@@ -70,9 +70,14 @@ def compression_table(quantize: dict) -> tuple[str, list[str], list[list]]:
 
 
 def peft_table(peft: dict) -> tuple[str, list[str], list[list]]:
-    header = ["method", "trainable %", "adapter MB", "EM overall", "validation loss", "train time s"]
-    rows = [[r["method"], r["trainable_pct"], r["adapter_mb"], r["exact_match"], r["val_loss"], r["train_time_s"]]
-            for r in peft["table"]]
+    header = ["method", "trainable %", "adapter MB", "EM overall", "EM over seeds (mean ± sd, n)", "validation loss",
+              "train time s"]
+
+    def spread(seeds: dict | None) -> str:
+        return f"{seeds['overall_mean']} ± {seeds['overall_sd']} ({len(seeds['seeds'])})" if seeds else ""
+
+    rows = [[r["method"], r["trainable_pct"], r["adapter_mb"], r["exact_match"], spread(r.get("exact_match_seeds")),
+             r["val_loss"], r["train_time_s"]] for r in peft["table"]]
     return "Parameter-efficient fine-tuning (`peft_methods`)", header, rows
 
 

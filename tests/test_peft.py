@@ -83,6 +83,23 @@ def test_peft_table_has_a_row_per_method_and_every_adapter_is_smaller(built):
         assert (built / "models/peft_methods" / name / "adapter_config.json").exists()
 
 
+def test_a_method_with_seeds_reports_exact_match_over_each_seed(built):
+    """dora asks for one more seed in the tiny build: its row carries the spread over both runs, the project seed's
+    run first; a method that asks for none has no spread."""
+    peft = load(built / "metrics/peft_methods.json")
+    spread = peft["methods"]["dora"]["seed_spread"]
+    assert spread["seeds"] == [1337, 1]
+    runs = [spread["exact_match"][str(seed)]["overall"] for seed in spread["seeds"]]
+    assert runs[0] == peft["methods"]["dora"]["exact_match"]["overall"]
+    assert spread["overall_min"] == min(runs) and spread["overall_max"] == max(runs)
+    assert abs(spread["overall_mean"] - sum(runs) / 2) < 0.01
+    assert abs(spread["overall_sd"] - abs(runs[0] - runs[1]) / 2 ** 0.5) < 0.01
+    assert (built / "plots/peft_methods/dora/seed-1").is_dir(), "the rerun's loss curves beside the first run's"
+    rows = {r["method"]: r for r in peft["table"]}
+    assert rows["dora"]["exact_match_seeds"]["seeds"] == [1337, 1]
+    assert rows["prefix"]["exact_match_seeds"] is None and "seed_spread" not in peft["methods"]["prefix"]
+
+
 @pytest.mark.long(38)
 def test_every_method_is_one_param_away(built, tmp_path):
     """`-S lora.method=...` (what `dvc exp run -S` passes too) switches the lab's method. Run in a copy so

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
 from labs.core.config import LoraParams, Params
 from labs.core.data import DataError
+from labs.core.run import seed_everything
 from labs.core.train import finetune
 
 MERGEABLE = {"lora", "dora", "ia3"}  # prefix / prompt tuning add virtual tokens: nothing to fold into weights
@@ -50,3 +53,26 @@ def train_adapter(params: Params, cfg: LoraParams, lab: str, model, tokenizer, b
         "trainable_pct": round(100 * trainable / total, 3),
     }
     return trainer, metrics, card
+
+
+def seed_spread(params: Params, cfg: LoraParams, lab: str, first: dict, load_model: Callable,
+                tokenizer, base: Path, total: int) -> dict:
+    """Exact-match of the adapter trained with `params.seed` (`first`, that run's metrics) and again with each of
+    `cfg.seeds` on a freshly loaded base (`load_model()`): the seed sets the adapter's init and the data order.
+    Mean, sample standard deviation and range of the overall score, and every run's per-family scores."""
+    runs = {params.seed: first["exact_match"]}
+    for seed in cfg.seeds:
+        seed_everything(seed)
+        rerun = params.model_copy(update={"seed": seed})
+        _, metrics, _ = train_adapter(rerun, cfg, f"{lab}/seed-{seed}", load_model(), tokenizer, base, total)
+        runs[seed] = metrics["exact_match"]
+        print(f"{lab}: seed {seed}: exact-match {metrics['exact_match']['overall']}")
+    overall = [em["overall"] for em in runs.values()]
+    return {
+        "seeds": list(runs),
+        "exact_match": {str(seed): em for seed, em in runs.items()},
+        "overall_mean": round(statistics.mean(overall), 2),
+        "overall_sd": round(statistics.stdev(overall), 2) if len(overall) > 1 else 0.0,
+        "overall_min": min(overall),
+        "overall_max": max(overall),
+    }

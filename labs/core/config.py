@@ -102,6 +102,9 @@ class LoraParams(SFTParams):
     # never saw in pretraining, like the chat template's role markers, are otherwise stuck at their init.
     trainable_tokens: list[str] = []
     ia3_feedforward_modules: list[str] = ["down_proj"]  # (IA)^3 scales these modules' inputs, the rest's outputs
+    # Seeds the adapter is trained with again, after the run with the project's `seed`: the spread of exact-match
+    # over all of them is reported beside the single run, so a reader knows what a rerun may give.
+    seeds: list[int] = []
 
 
 class QLoraParams(LoraParams):
@@ -122,6 +125,7 @@ class MethodOverrides(Section):
     alpha: float | None = Field(None, gt=0)
     num_virtual_tokens: int | None = Field(None, gt=0)
     target_modules: list[str] | None = None
+    seeds: list[int] | None = None
 
 
 class PeftMethodsParams(Section):

@@ -262,13 +262,18 @@ def peft_table(rows: list[dict]) -> str:
     """Markdown table of the PEFT comparison (metrics/peft_methods.json's "table")."""
     gpu = any(r["peak_gpu_mb"] is not None for r in rows)
     head = ["method", "trainable params", "trainable %", "peak RSS MB", *(["peak GPU MB"] if gpu else []),
-            "train s", "adapter MB", "EM overall %", "val loss", "corpus ppl"]
+            "train s", "adapter MB", "EM overall %", "EM over seeds: mean ± sd (min-max, n)", "val loss",
+            "corpus ppl"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ppl = "–" if r["corpus_perplexity"] is None else f"{r['corpus_perplexity']:.2f}"
+        spread = "–"
+        if seeds := r.get("exact_match_seeds"):
+            spread = (f"{seeds['overall_mean']:.1f} ± {seeds['overall_sd']:.1f} "
+                      f"({seeds['overall_min']:.1f}-{seeds['overall_max']:.1f}, {len(seeds['seeds'])})")
         cells = [f"`{r['method']}`", f"{r['trainable_parameters']:,}", f"{r['trainable_pct']:.2f}",
                  f"{r['peak_rss_mb']:.0f}", *([f"{r['peak_gpu_mb'] or 0:.0f}"] if gpu else []),
-                 f"{r['train_time_s']:.0f}", f"{r['adapter_mb']:.3f}", f"**{r['exact_match']:.1f}**",
+                 f"{r['train_time_s']:.0f}", f"{r['adapter_mb']:.3f}", f"**{r['exact_match']:.1f}**", spread,
                  f"{r['val_loss']:.4f}", ppl]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

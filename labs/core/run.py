@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import subprocess
@@ -15,14 +16,15 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from labs.core import kernels
+
 CHECKPOINT_ROOT = Path(".checkpoints")  # git-ignored, outside DVC outs: DVC deletes outs before a stage runs
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "tokenizers", "dvc",
             "llm-lab")
 
 
 def default_threads() -> int:
-    # Two threads is this project's reference machine; weights were byte-identical across 1 and 2
-    # threads in shared/facts.md's measurements, so LAB_THREADS should only change speed.
+    # Two threads: this project's reference machine. Checkpoints record the count (checkpoint_dir).
     return int(os.environ.get("LAB_THREADS", min(2, os.cpu_count() or 1)))
 
 
@@ -134,9 +136,9 @@ def reset_peak_memory() -> None:
 
 
 def run_card(lab: str, params, section) -> dict:
-    """The facts that make a model reproducible. Only deterministic facts go here, so two runs of the
-    same code and params give byte-identical model directories; wall time, peak memory and device go
-    into `metrics/<lab>.json` (see RunStats)."""
+    """The facts that determine a model's weights, and nothing else: two runs of the same code and params give
+    byte-identical model directories on any machine, so DVC's cache holds. Provenance (git revision, host,
+    wall time, peak memory, device, kernels) goes into `metrics/<lab>.json` (see RunStats)."""
     return {
         "lab": lab,
         "command": f"python -m labs {lab}",
@@ -144,7 +146,6 @@ def run_card(lab: str, params, section) -> dict:
         "seed": params.seed,
         "config": section.model_dump(mode="json"),
         "versions": package_versions(),
-        "git_revision": git_revision(),
     }
 
 
@@ -153,7 +154,8 @@ def write_card(folder: Path, card: dict) -> None:
 
 
 class RunStats:
-    """Wall time, peak RSS (and peak GPU memory on GPU tiers) and device of a run, for metrics/."""
+    """A run's provenance for metrics/: wall time, peak RSS (and GPU memory on GPU tiers), device, threads,
+    the CPU kernels in force, git revision and host."""
 
     def __init__(self) -> None:
         reset_peak_memory()
@@ -165,6 +167,9 @@ class RunStats:
             "peak_rss_mb": peak_rss_mb(),
             "device": device,
             "threads": default_threads(),
+            "kernels": kernels.in_force(),
+            "git_revision": git_revision(),
+            "host": platform.node(),
         }
         if (gpu := peak_gpu_mb()) is not None:
             stats["peak_gpu_mb"] = gpu
@@ -185,12 +190,18 @@ def fingerprint(config: dict, inputs: list[str | Path]) -> str:
 
 
 def checkpoint_dir(lab: str, config: dict, inputs: list[str | Path]) -> Path:
-    """`.checkpoints/<lab>/<fingerprint>`; checkpoints of other configs or inputs are dropped."""
+    """`.checkpoints/<lab>/<fingerprint>`; checkpoints of other configs or inputs are dropped.
+
+    The thread count and the kernel pins count as config: either can change the bits of a training step on
+    some CPUs, so a run that would compute differently starts afresh instead of finishing another run's
+    weights with different arithmetic.
+    """
     root = CHECKPOINT_ROOT / lab
-    current = root / fingerprint(config, inputs)
-    if root.exists():
+    machine = {"threads": default_threads(), "kernels": {name: os.environ.get(name) for name in kernels.PINS}}
+    current = root / fingerprint(config | {"computed_with": machine}, inputs)
+    if root.exists():  # only fingerprints: a lab's nested runs (`lora/seed-1`) keep their own checkpoints
         for stale in root.iterdir():
-            if stale != current:
+            if stale != current and re.fullmatch(r"[0-9a-f]{16}", stale.name):
                 _remove(stale)
     current.mkdir(parents=True, exist_ok=True)
     return current

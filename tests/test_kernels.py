@@ -1,0 +1,98 @@
+"""CPU kernels pinned to their AVX2 code paths (labs/core/kernels.py), and llama.cpp built without -march=native:
+the same bits from every x86-64 generation. The suite's header names the CPU and what the labs compute with."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labs.core import kernels
+from tests.conftest import lab, lab_env
+
+
+def native_capability() -> str:
+    """torch's own choice on this CPU, in a process that never saw the pins."""
+    env = {k: v for k, v in lab_env().items() if k not in kernels.PINS}
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip()
+
+
+def test_a_training_run_records_the_pinned_kernels_and_the_switch_lifts_them(workspace):
+    lab("tokenizer", cwd=workspace)
+    lab("pretrain", "-S", "pretrain.max_steps=2", cwd=workspace)
+    pinned = json.loads((workspace / "metrics/pretrain.json").read_text())["run"]["kernels"]
+    assert pinned["pinned"] and pinned["capability"] == "AVX2", pinned
+    assert pinned["pins"] == kernels.PINS
+    assert pinned["cpu"] == kernels.cpu()
+
+    # the fast switch, in an environment without the pins this process inherited from `import labs`
+    unset = [arg for name in kernels.PINS for arg in ("-u", name)]
+    subprocess.run(["env", *unset, f"{kernels.FAST_SWITCH}=1", sys.executable, "-m", "labs", "pretrain",
+                    "-S", "pretrain.max_steps=2"], cwd=workspace, env=lab_env(), check=True, capture_output=True)
+    fast = json.loads((workspace / "metrics/pretrain.json").read_text())["run"]["kernels"]
+    assert not fast["pinned"] and fast["pins"] == dict.fromkeys(kernels.PINS)
+    native = native_capability()
+    assert fast["capability"] == native, (fast, native)
+    if "avx512f" in kernels.cpu()["flags"]:
+        assert native == "AVX512", "on an AVX-512 CPU the pin is what keeps ATen on its AVX2 kernels"
+
+
+def test_pin_keeps_a_value_the_caller_set_and_the_switch_sets_none(monkeypatch):
+    for name in kernels.PINS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    monkeypatch.delenv(kernels.FAST_SWITCH, raising=False)
+    kernels.pin()
+    assert {name: os.environ[name] for name in kernels.PINS} == {**kernels.PINS, "MKL_CBWR": "COMPATIBLE"}
+
+    for name in kernels.PINS:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(kernels.FAST_SWITCH, "1")
+    kernels.pin()
+    assert not any(name in os.environ for name in kernels.PINS)
+
+
+def llama_cpp_library() -> Path:
+    import llama_cpp
+
+    return Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"
+
+
+def test_llama_cpp_is_built_for_the_avx2_baseline_not_this_machine():
+    """The venv's llama.cpp (built by `just setup` / CI from docker/llama-cpp.env) has AVX2 kernels and none of
+    AVX-512 (zmm registers) or AMX (tile instructions), whatever CPU compiled it."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AVX2 = 1" in info and "AVX512" not in info and "AMX" not in info, info
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed: the instruction check needs it")
+    code = subprocess.run([objdump, "-d", "--no-show-raw-insn", str(llama_cpp_library())], capture_output=True,
+                          text=True, check=True).stdout
+    assert "%ymm" in code, "AVX2 kernels are there"
+    assert "%zmm" not in code, "no AVX-512 instruction"
+    assert not any(op in code for op in ("tileloadd", "tdpbssd", "tdpbf16ps")), "no AMX instruction"
+
+
+def test_every_install_builds_llama_cpp_from_the_one_flags_file():
+    root = Path(__file__).resolve().parents[1]
+    flags = (root / "docker/llama-cpp.env").read_text()
+    assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_AVX2=ON" in flags
+    assert "-DGGML_AVX512=OFF" in flags and "-DGGML_AMX_INT8=OFF" in flags
+    sourced = "llama-cpp.env && set +a"
+    for path, lock in (("docker/cpu.Dockerfile", "/tmp/cpu.txt"), ("docker/gpu.Dockerfile", "/tmp/cuda.txt")):
+        text = (root / path).read_text()
+        assert text.index(sourced) < text.index(f"-r {lock}"), f"{path}: the flags before the lock's install"
+    for path in (".ci/run", "justfile"):
+        text = (root / path).read_text()
+        assert text.index(". docker/llama-cpp.env; set +a") < text.index("-r docker/locks/ci.txt"), path
+        assert "--no-cache-dir" in text.split("-r docker/locks/ci.txt")[0].splitlines()[-1], \
+            f"{path}: a wheel cached from a build with other flags must not be reused"

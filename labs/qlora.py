@@ -23,7 +23,6 @@ from functools import partial
 from importlib import metadata
 from pathlib import Path
 
-import bitsandbytes as bnb
 from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
@@ -50,13 +49,7 @@ def load_quantized(base: Path, cfg: QLoraParams):
     """The base with its linear layers in 4 bits, ready for an adapter to train on it."""
     model = load_model(base, cfg.precision, cfg.attn_implementation, training=True,
                        quantization_config=quantization_config(cfg))
-    # bitsandbytes 0.50.2, on CPUs with AVX512-BF16: the first forward in eval mode without gradients (the
-    # validation pass before training) repacks each 4-bit weight for an inference kernel that has no
-    # backward. From then on no gradient reaches the layers below: measured here, layer 0's LoRA got exactly
-    # zero gradient and QLoRA ended at 7% exact-match instead of LoRA's 95.5%. Keep the trainable layout.
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    # load_model keeps bitsandbytes off its CPU repacking, which would stop gradients (models.plain_4bit_matmul)
     # Norms and embeddings to fp32 for stable training; input gradients when checkpointing needs them.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 

@@ -73,16 +73,11 @@ def load_quantized(path: Path, method: str, params: Params):
     if method == "int8":
         return load_model(path, precision, quantization_config=BitsAndBytesConfig(load_in_8bit=True))
     if method == "nf4":
-        model = load_model(path, precision, quantization_config=BitsAndBytesConfig(
+        # load_model keeps bitsandbytes on its plain 4-bit path: its AVX512-BF16 repacking fails for the 96-wide
+        # student ("shape '[96, 1]' is invalid") and would compute otherwise than CPUs without AVX512-BF16
+        return load_model(path, precision, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=DTYPES[precision]))
-        # bitsandbytes 0.50.2 repacks 4-bit weights for an AVX512-BF16 kernel on the first no-grad forward;
-        # the repacking fails for widths that are not a multiple of its block (the 96-wide student: "shape
-        # '[96, 1]' is invalid"). Its plain dequantize-then-matmul path serves every shape.
-        for module in model.modules():
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
-        return model
     if method == "dynamic_int8":
         model = load_model(path, "fp32")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

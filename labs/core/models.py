@@ -81,12 +81,27 @@ def load_model(path: str | Path, precision: str = "fp32", attn_implementation: s
     dtype = torch.float32 if training and precision == "fp16" else DTYPES[precision]
     placement = {"device_map": {"": 0}} if quantization_config is not None and torch.cuda.is_available() else {}
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             str(path), dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization_config,
             use_safetensors=True, trust_remote_code=False, **placement,
         )
     except OSError as exc:
         raise _unloadable(path, exc) from None
+    return plain_4bit_matmul(model)
+
+
+def plain_4bit_matmul(model):
+    """bitsandbytes 0.50.2's 4-bit layers on the same arithmetic on every CPU.
+
+    On CPUs with AVX512-BF16 its first forward without gradients repacks each 4-bit weight for a bf16 inference
+    kernel: other numbers than on CPUs without it, no gradient through the layer afterwards (QLoRA then trained
+    nothing below it: 7% exact-match instead of LoRA's 95.5%), and a failure for widths outside the kernel's
+    block. Its dequantize-then-matmul path, which every CPU has, serves every shape and trains.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def load_reward_model(path: str | Path, precision: str = "fp32", training: bool = False, quiet: bool = False):

@@ -110,6 +110,12 @@ def test_image_is_labelled_and_runs_as_non_root(engine_env, image):
              "llama_cpp.__version__, shutil.which('g++'), os.getuid())")
     out = run([engine_env["ENGINE"], "run", "--rm", image, "python", "-c", probe], cwd=ROOT, env=engine_env).stdout
     assert out.split() == ["2.13.0+cpu", "None", "5.23.0", "1.12.0", "0.3.36", "None", "10001"], out
+    # llama.cpp compiled for the AVX2 baseline (docker/llama-cpp.env), not for the CPU that built the image;
+    # inside, the labs pin torch's kernels to AVX2 as outside
+    probe = ("import labs, llama_cpp, torch; print(llama_cpp.llama_print_system_info().decode()); "
+             "print('capability', torch.backends.cpu.get_cpu_capability())")
+    out = run([engine_env["ENGINE"], "run", "--rm", image, "python", "-c", probe], cwd=ROOT, env=engine_env).stdout
+    assert "AVX2 = 1" in out and "AVX512" not in out and "AMX" not in out and "capability AVX2" in out, out
 
 
 def test_just_lab_sft_inside_the_image_writes_to_the_mounted_workspace(engine_env, image, tmp_path):

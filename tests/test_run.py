@@ -29,3 +29,20 @@ def test_checkpoints_of_another_config_or_input_are_not_resumed(tmp_path, monkey
     assert other != first and not first.exists(), "a stale config's checkpoints are dropped"
     data.write_text('{"text": "b"}\n')
     assert checkpoint_dir("sft", {"lr": 2e-3}, [data]) != other
+
+
+def test_a_run_with_other_threads_or_kernels_does_not_resume_and_nested_runs_keep_theirs(tmp_path, monkeypatch):
+    """The thread count and the kernel pins can change a step's bits on some CPUs: a checkpoint is resumed only by a
+    run that computes as the one that wrote it. A lab's nested run (`lora/seed-1`) is not another config's."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "a"}\n')
+    monkeypatch.setenv("LAB_THREADS", "2")
+    nested = checkpoint_dir("lora/seed-1", {"lr": 1e-3}, [data])
+    first = checkpoint_dir("lora", {"lr": 1e-3}, [data])
+    assert nested.exists(), "the lab's own run left its nested run's checkpoints alone"
+    monkeypatch.setenv("LAB_THREADS", "1")
+    assert checkpoint_dir("lora", {"lr": 1e-3}, [data]) != first
+    monkeypatch.setenv("LAB_THREADS", "2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
+    assert checkpoint_dir("lora", {"lr": 1e-3}, [data]) != first

@@ -1,6 +1,7 @@
 """Benchmarks: speed and memory ratios measured side by side in one process (never in timed unit tests).
 
     just bench compression     # fp32 SFT model vs distilled student vs the saved quantized models
+    just bench kernels         # training speed with the CPU kernels pinned (exact everywhere) and fast
 
 Each model decodes the same held-out prompts for the same number of new tokens, in interleaved rounds
 (labs/core/evaluation.py `decoding_speeds`), so load from other processes hits every model alike and the
@@ -20,7 +21,28 @@ from labs.core.evaluation import decoding_speeds, tensor_bytes
 from labs.core.models import load_model, load_tokenizer, require
 from labs.core.run import seed_everything
 
-BENCHES = {"compression": "tokens/s and memory of the SFT model, the distilled student and the quantized models"}
+BENCHES = {"compression": "tokens/s and memory of the SFT model, the distilled student and the quantized models",
+           "kernels": "training steps/s with the CPU kernels pinned to AVX2 (the default) and with LAB_FAST_KERNELS=1"}
+
+# One setting's training speed, in a process of its own: the kernel pins act only before torch loads.
+TRAINING_STEPS = """
+import sys, time
+import labs, torch
+from labs.core.models import load_model
+from labs.core.run import seed_everything
+seed_everything(0)
+model = load_model("models/pretrain", training=True)
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+ids = torch.randint(0, model.config.vocab_size, (16, 128))
+steps = int(sys.argv[1])
+for step in range(steps + 2):  # two warm-up steps
+    if step == 2:
+        start = time.perf_counter()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+print(torch.backends.cpu.get_cpu_capability(), steps / (time.perf_counter() - start))
+"""
 
 
 def compression(rounds: int = 15) -> str:
@@ -49,11 +71,35 @@ def compression(rounds: int = 15) -> str:
     return "\n".join(lines)
 
 
+def kernels(rounds: int = 5, steps: int = 20) -> str:
+    """What exactness costs on this CPU: steps/s of the pretrained model (batch 16 x 128 tokens) pinned and fast,
+    each in its own process, alternating for `rounds` rounds so load from elsewhere hits both alike; the best
+    round of each counts."""
+    import os
+    import subprocess
+
+    from labs.core import kernels as pins
+
+    require(Path("models/pretrain"), "config.json", "pretrain")
+    clean = {name: value for name, value in os.environ.items() if name not in pins.PINS and name != pins.FAST_SWITCH}
+    settings = {"pinned": clean, "fast": clean | {pins.FAST_SWITCH: "1"}}
+    best, capability = dict.fromkeys(settings, 0.0), {}
+    for _ in range(rounds):
+        for name, env in settings.items():
+            out = subprocess.run([sys.executable, "-c", TRAINING_STEPS, str(steps)], env=env, check=True,
+                                 capture_output=True, text=True).stdout.split()
+            capability[name], best[name] = out[-2], max(best[name], float(out[-1]))
+    cpu = pins.cpu()
+    return "\n".join([f"cpu: {cpu['model']} ({' '.join(cpu['flags'])}); best of {rounds} rounds of {steps} steps",
+                      *(f"{name:<8}{capability[name]:<8}{best[name]:8.2f} steps/s" for name in settings),
+                      f"fast / pinned: {best['fast'] / best['pinned']:.2f}x"])
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in BENCHES:
         print(f"error: expected one benchmark name: {', '.join(BENCHES)}", file=sys.stderr)
         return 2
-    print(compression())
+    print(compression() if argv[0] == "compression" else kernels())
     return 0
 
 

@@ -28,7 +28,7 @@ TINY = {
     # measured on this config); the other methods only need to show that they train
     "lora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
     "qlora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
-    # the seed spread on the shortest adapter run that has one: dora, retrained with one more seed
+    # the seed spread on a short adapter run: dora, retrained with one more seed (`seeds` of a method here)
     "peft_methods": {"methods": {"dora": {"max_steps": 60, "seeds": [1]}, "prefix": {"max_steps": 60},
                                  "prompt": {"max_steps": 60}, "ia3": {"max_steps": 60}}},
     # the alignment labs: short schedules whose direction is still clear (asserted in test_alignment.py)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import lab, lab_env, run
+from labs.core import kernels
+from tests.conftest import PINNED, lab, lab_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,8 @@ def test_every_stage_leaves_its_outputs(built):
     assert "git_revision" not in card, "provenance goes to the metrics' run block, not into a DVC out"
     run_stats = load(built / "metrics/sft.json")["run"]
     assert run_stats["wall_time_s"] > 0 and run_stats["peak_rss_mb"] > 50 and run_stats["device"] == "cpu"
-    assert run_stats["git_revision"] and run_stats["kernels"]["capability"] == "AVX2"
+    assert run_stats["git_revision"] and run_stats["kernels"]["pins"] == dict.fromkeys(kernels.PINS), \
+        "the run block records the kernels the tiny build ran with: the fast switch (tests/conftest.py)"
     assert not list(built.glob(".checkpoints/sft/*")), "a finished run leaves no checkpoints to resume from"
 
 
@@ -106,15 +108,15 @@ def test_killed_sft_resumes_to_the_same_model(workspace):
     """kill -9 mid-training, run again: it resumes from the checkpoint and ends byte-identical to an
     uninterrupted run of the same config. A short schedule on its own tiny base, so it needs no `built` project
     and runs while that is being built."""
-    lab("tokenizer", cwd=workspace)
-    lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace)
+    lab("tokenizer", cwd=workspace, env=PINNED)
+    lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace, env=PINNED)
     short = ["-S", "sft.max_steps=200", "-S", "sft.save_steps=20"]  # first checkpoint after ~2 s of training
-    lab("sft", *short, cwd=workspace)
+    lab("sft", *short, cwd=workspace, env=PINNED)
     reference = sha(workspace / "models/sft/model.safetensors")
     reference_em = load(workspace / "metrics/sft.json")["exact_match"]
 
     # the same environment as the runs before and after it (under xdist: one thread), as a user's re-run has
-    proc = subprocess.Popen([sys.executable, "-m", "labs", "sft", *short], cwd=workspace, env=lab_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "labs", "sft", *short], cwd=workspace, env=lab_env(PINNED),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not list((workspace / ".checkpoints/sft").glob("*/checkpoint-*/trainer_state.json")):
@@ -128,7 +130,7 @@ def test_killed_sft_resumes_to_the_same_model(workspace):
     assert saved and load(saved[0])["config"] == load(workspace / "models/sft/run_card.json")["config"]
     assert sha(workspace / "models/sft/model.safetensors") == reference, "a killed run must not touch outputs"
 
-    resumed = lab("sft", *short, cwd=workspace)
+    resumed = lab("sft", *short, cwd=workspace, env=PINNED)
     assert "resuming from" in resumed.stdout
     assert load(workspace / "metrics/sft.json")["resumed_from_step"] > 0
     assert sha(workspace / "models/sft/model.safetensors") == reference

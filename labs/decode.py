@@ -9,7 +9,7 @@ Every strategy in `decode.strategies` answers the same held-out prompts from the
   * contrastive decoding (Li et al. 2023): the expert's log-probability minus the amateur's (the model
     before SFT), over the tokens the expert finds plausible. Written here as a LogitsProcessor:
     transformers 5 moved its contrastive strategies to hub `custom_generate` repos, which cannot load
-    offline (shared/facts.md), and those implement contrastive *search*, a different method,
+    offline, and those implement contrastive *search*, a different method,
   * best-of-N: N sampled answers, the reward model keeps its favourite,
   * reward-weighted sampling: N sampled answers, one kept at random with probability softmax(reward / beta).
 Per strategy: exact-match; answer diversity (the first `diversity_prompts` answered `diversity_runs` times

@@ -9,7 +9,7 @@ only the one right token. Per answer token,
     loss = alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * CE(student, gold token)
 where p_.,T is softmax(logits / T); T > 1 shows the student how the teacher ranks the wrong tokens too, and
 T^2 keeps that term's gradients on the CE's scale. TRL's GKDTrainer computes a generalized JSD with no CE
-term and no T^2 factor, and trl.DistillationTrainer is on-policy only (shared/facts.md), so this loss is a
+term and no T^2 factor, and trl.DistillationTrainer is on-policy only, so this loss is a
 short `compute_loss` on TRL's SFTTrainer (the same data, masking and schedule as `sft`).
 
 The student (same tokenizer; `distill.student` shape, or `student_model` on GPU tiers) is first pretrained

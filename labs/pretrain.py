@@ -5,7 +5,7 @@
 The corpus states the task world's facts in prose ("23 plus 58 equals 81."), never in the chat format,
 so the base model knows the facts but not how to answer a question: that is what `sft` teaches.
 Documents are packed end to end into `max_length` blocks (TRL's "wrapped" packing: the default "bfd"
-is 2-3x slower on this kind of CPU and truncates long documents, per shared/facts.md).
+is 2-3x slower on this kind of CPU and truncates long documents).
 
 GPU tiers set `pretrain.base_model` to a hub id (or a local directory): that model and its tokenizer are
 the base, continued-pretrained for `max_steps` (0 = used as it is).

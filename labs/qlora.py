@@ -63,7 +63,7 @@ def run(params: Params) -> dict:
     del full
 
     model = load_quantized(base, cfg)
-    quantized_mb = model.get_memory_footprint() / 2**20  # right for bitsandbytes (not for torchao: shared/facts.md)
+    quantized_mb = model.get_memory_footprint() / 2**20  # right for bitsandbytes (not for torchao)
     trainer, metrics, card = train_adapter(params, cfg, "qlora", model, tokenizer, base, parameters)
     completions = metrics.pop("completions")  # 4-bit base + adapter, as trained
     if cfg.seeds:

@@ -19,7 +19,7 @@ Methods, each a maintained library's own path:
                    f16 / q8_0, llama.cpp's quantizer makes q4_0 from the f16 file, and the rows are measured
                    in llama.cpp's runtime (llama-cpp-python). `just llama-cpp` builds both from one pinned
                    source release (part of `just setup`).
-bitsandbytes 0.50.2 and torchao 0.18 run all the others on a CPU (shared/facts.md).
+bitsandbytes 0.50.2 and torchao 0.18 run all the others on a CPU.
 
 Every row of the table is measured in this process, the same way: parameters, size on disk (the saved
 safetensors), memory footprint (bytes of every tensor the model holds: `get_memory_footprint()` is wrong

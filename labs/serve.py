@@ -16,8 +16,8 @@ cache has the size `serve.cache_blocks` sets: left to itself, transformers serve
 machine's RAM on CPU (13.7 GB of 24 measured here, for the earlier 1.1M-parameter model).
 
 The load test is a short asyncio client on httpx2 (the HTTP client of the openai package) that reads the
-server-sent events itself (guidellm and vLLM's bench client would pull in vLLM's CUDA-only stack,
-shared/facts.md): for each `concurrency`, that many clients each send `requests_per_client` streamed chat
+server-sent events itself (guidellm and vLLM's bench client would pull in vLLM's CUDA-only stack):
+for each `concurrency`, that many clients each send `requests_per_client` streamed chat
 completions (greedy, `max_tokens`) one after another, prompts from the held-out set. Per level: requests/s,
 output tokens/s, time to first token and latency percentiles, errors. The baseline is the same model answering
 the same prompts one by one with `generate` in this process, while the server idles. Rounds are interleaved,
@@ -213,7 +213,7 @@ def running_server(params: Params, path: Path, port: int):
     cfg = params.serve
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}"
     with tempfile.TemporaryDirectory() as hub_cache:
-        # /v1/models lists the hub cache, which must exist (shared/facts.md); nothing is downloaded: offline
+        # /v1/models lists the hub cache, which must exist; nothing is downloaded: offline
         # and the server gets the threads this process has, as the sequential baseline does
         env = {**os.environ, "HF_HUB_CACHE": hub_cache, "HF_HUB_OFFLINE": "1",
                "OMP_NUM_THREADS": str(torch.get_num_threads())}

@@ -18,8 +18,8 @@ target):
   * sampling at `temperature`: plain vs assisted with the largest `draft_tokens` value (speculative sampling
     keeps the target's distribution, not its exact samples, so only speed is compared).
 Acceptance rate = accepted / proposed draft tokens, and tokens per target forward, are counted by wrapping
-the candidate generator's `update_candidate_strategy` (transformers exposes no such statistic;
-shared/facts.md): it sees every verification step, with the proposals' logits and the number that matched.
+the candidate generator's `update_candidate_strategy` (transformers exposes no such
+statistic): it sees every verification step, with the proposals' logits and the number that matched.
 Hooks around each model's forward count and time the forwards, so the metrics show where the time goes: how
 many target and draft forwards a prompt took, and what one of each cost.
 """

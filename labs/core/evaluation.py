@@ -283,7 +283,7 @@ def tensor_bytes(model) -> int:
     """Bytes of every tensor a model holds: its memory footprint, counted the same way for every format.
 
     `get_memory_footprint()` counts a tensor subclass (torchao) or packed parameters (torch.ao dynamic
-    quantization) wrongly (shared/facts.md), so this walks the state dict: tensor subclasses through their
+    quantization) wrongly, so this walks the state dict: tensor subclasses through their
     inner tensors, packed parameters through their tuples, and tied weights once.
     """
     seen: set[int] = set()

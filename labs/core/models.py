@@ -149,7 +149,7 @@ def trainer_kwargs(params: Params, train: TrainParams, output_dir: Path) -> dict
     """TrainingArguments shared by every trainer (TRL configs accept the same keywords).
 
     TRL configs default to bf16 and gradient checkpointing: on this kind of CPU bf16 is ~19x slower and
-    checkpointing ~40% slower (shared/facts.md), so both come from params and are off on the CPU tier.
+    checkpointing ~40% slower, so both come from params and are off on the CPU tier.
     """
     gpu = use_gpu(params)
     return dict(

@@ -34,8 +34,8 @@ def as_chat(rows: list[dict]) -> Dataset:
 def train_on_corpus(params: Params, cfg: TrainParams, lab: str, model, tokenizer, inputs: list[Path],
                     max_length: int, train: bool = True) -> tuple[SFTTrainer, dict, dict]:
     """Next-token training on the corpus, documents packed end to end into `max_length` blocks (TRL's
-    "wrapped" packing: the default "bfd" is 2-3x slower on this kind of CPU and truncates long documents,
-    per shared/facts.md). `inputs` are what the run's checkpoints depend on besides the corpus; `train`
+    "wrapped" packing: the default "bfd" is 2-3x slower on this kind of CPU and truncates long documents).
+    `inputs` are what the run's checkpoints depend on besides the corpus; `train`
     False only measures (a hub base used as it is)."""
     train_rows = Dataset.from_list(read_jsonl(PREPARED / "corpus_train.jsonl", "text"))
     val = Dataset.from_list(read_jsonl(PREPARED / "corpus_val.jsonl", "text"))
@@ -77,7 +77,7 @@ def finetune(params: Params, cfg: TrainParams, lab: str, model, tokenizer, base:
         **trainer_kwargs(params, cfg, checkpoints),
         max_length=cfg.max_length,
         completion_only_loss=True,  # prompt tokens -> -100
-        packing=False,  # one short chat per row; padding-free packing is 2-3x slower on CPU (shared/facts.md)
+        packing=False,  # one short chat per row; padding-free packing is 2-3x slower on CPU
         # TRL's default chunked loss reads lm_head's weight directly: with trainable token rows on a tied
         # head (PEFT wraps it) it fails, and it would skip those rows' update; and it patches the forward so
         # no logits come out, which a trainer computing its own loss needs. Same math, unchunked:

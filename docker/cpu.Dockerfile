@@ -48,10 +48,10 @@ LABEL org.opencontainers.image.title="llm-lab" \
       dev.llm-lab.python="3.11" \
       dev.llm-lab.torch="${TORCH_VERSION}" \
       dev.llm-lab.cuda="none"
-# git: DVC keeps its pipeline in a git repository
+# git: DVC keeps its pipeline in a git repository; libgomp1: llama.cpp's CPU backend is built with OpenMP
 # hadolint ignore=DL3008  # Debian's security updates replace exact versions; the base tag pins the release
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git \
+    && apt-get install -y --no-install-recommends git libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --user-group lab
 COPY --from=build /opt/venv /opt/venv

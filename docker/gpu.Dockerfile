@@ -8,11 +8,11 @@
 # pinned by hash in docker/locks/cuda.txt; the base image adds the CUDA environment the toolkit expects.
 ARG BASE_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
 
-# ---- system: Python 3.12 (Ubuntu 24.04's), git for DVC, the virtual environment, a non-root user ----
+# ---- system: Python 3.12 (Ubuntu 24.04's), git for DVC, OpenMP for llama.cpp, the venv, a non-root user ----
 FROM ${BASE_IMAGE} AS system
 # hadolint ignore=DL3008  # Debian's security updates replace exact versions; the base tag pins the release
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv git ca-certificates libgomp1 \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv \
     && useradd --create-home --uid 10001 --user-group lab

@@ -19,13 +19,45 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
-from labs.core.config import Params
-from labs.core.data import DataError, read_jsonl
+from labs.core.config import SEED, ConfigError, ModelShape, Section, Tier, view
+from labs.core.data import read_jsonl
+from labs.core.evaluation import MeasureParams
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require, use_gpu
 from labs.core.run import peak_gpu_mb, reset_peak_memory, write_csv
+
+AttentionName = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
+
+
+class AttentionParams(Section):
+    """Attention implementations and KV-cache variants, timed side by side."""
+
+    model: str = "sft"  # a directory under models/ ...
+    shape: ModelShape | None = None  # ... or a randomly initialised Llama of this shape (speed ignores weights)
+    implementations: list[AttentionName] = ["eager", "sdpa"]
+    caches: list[Literal["none", "dynamic", "static"]] = ["none", "dynamic", "static"]
+    prompt_lengths: list[Annotated[int, Field(gt=0)]] = [32, 256]
+    new_tokens: list[Annotated[int, Field(gt=0)]] = [128]
+    batch_size: int = Field(1, gt=0)
+    rounds: int = Field(3, gt=0)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "precision")
+
+
+class Params(Section):
+    """What attention reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    attention: AttentionParams = AttentionParams()
+    evaluate: Measurement = Measurement()
+
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -82,7 +114,7 @@ def run(params: Params) -> dict:
     first = next(iter(models.values()))
     limit = first.config.max_position_embeddings
     if max(cfg.prompt_lengths) + max(cfg.new_tokens) > limit:
-        raise DataError(f"params.yaml: attention: prompt_lengths + new_tokens reach "
+        raise ConfigError(f"params.yaml: attention: prompt_lengths + new_tokens reach "
                         f"{max(cfg.prompt_lengths) + max(cfg.new_tokens)} tokens; the model holds {limit}")
 
     cases = list(itertools.product(cfg.prompt_lengths, cfg.new_tokens, cfg.implementations, cfg.caches))

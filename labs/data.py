@@ -27,10 +27,30 @@ import random
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from labs.core.config import Params
+from pydantic import Field
+
+from labs.core.config import SEED, Section
 from labs.core.data import write_jsonl
 from labs.core.run import atomic_path
+
+
+class DataParams(Section):
+    families: list[Literal["add", "compare", "sort", "reverse"]] = ["add", "compare", "sort", "reverse"]
+    sft_per_family: int = Field(2000, gt=0)
+    test_per_family: int = Field(100, gt=0)
+    corpus_per_family: int = Field(3000, gt=0)
+    preference_per_family: int = Field(3000, gt=0)
+    rl_per_family: int = Field(500, gt=0)
+
+
+class Params(Section):
+    """What data reads from params.yaml."""
+
+    seed: int = SEED
+    data: DataParams = DataParams()
+
 
 RAW = Path("data/raw")
 DOCUMENT_LINES = 8  # facts per corpus document: several per block so packing mixes families

@@ -24,15 +24,75 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from labs.core.config import Params, Strategy
-from labs.core.data import DataError, read_jsonl
-from labs.core.evaluation import exact_match, repetition, reward_scores
+from labs.core.config import SEED, ConfigError, Section, view
+from labs.core.data import chat_prompt, read_jsonl
+from labs.core.evaluation import MeasureParams, exact_match, repetition, reward_scores
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require
 from labs.core.run import write_csv
+
+
+class Strategy(Section):
+    """One decoding strategy: `generate` arguments, contrastive decoding, or a re-ranking of sampled answers."""
+
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)  # 0: no top-k cut (generation_config's default of 50 would otherwise apply)
+    top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float | None = Field(None, gt=0, lt=1)
+    num_beams: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    # contrastive decoding: the plausibility cut alpha (keep tokens with p_expert >= alpha * max p_expert),
+    # then pick by log p_expert - log p_amateur
+    contrastive: float | None = Field(None, gt=0, le=1)
+    samples: int = Field(1, ge=1)  # > 1: sample this many answers per prompt and keep one by `pick`
+    pick: Literal["best_reward", "reward_weighted"] = "best_reward"
+    beta: float = Field(1.0, gt=0)  # reward_weighted: keep answer i with probability softmax(reward / beta)_i
+
+
+class DecodeParams(Section):
+    """Decoding strategies of one model, side by side on the held-out prompts."""
+
+    model: str = "sft"  # directories under models/
+    amateur: str = "pretrain"  # contrastive decoding's amateur: same tokenizer, no SFT
+    reward_model: str | None = "reward"  # re-ranks best-of-N and reward-weighted samples; scores every strategy
+    prompts: int = Field(400, gt=0)  # held-out prompts each strategy answers
+    # diversity: the first `diversity_prompts` are answered `diversity_runs` times (new seeds): how often it differs
+    diversity_prompts: int = Field(64, gt=0)
+    diversity_runs: int = Field(4, ge=2)
+    strategies: dict[str, Strategy] = {
+        "greedy": Strategy(),
+        "temperature_0.7": Strategy(do_sample=True, temperature=0.7),
+        "temperature_1.0": Strategy(do_sample=True, temperature=1.0),
+        "temperature_1.5": Strategy(do_sample=True, temperature=1.5),
+        "top_k_10": Strategy(do_sample=True, top_k=10),
+        "nucleus_0.9": Strategy(do_sample=True, top_p=0.9),
+        "nucleus_0.95": Strategy(do_sample=True, top_p=0.95),
+        "min_p_0.1": Strategy(do_sample=True, min_p=0.1),
+        "beam_4": Strategy(num_beams=4),
+        "repetition_penalty_1.3": Strategy(repetition_penalty=1.3),
+        "contrastive_0.1": Strategy(contrastive=0.1),
+        "best_of_4": Strategy(do_sample=True, samples=4, pick="best_reward"),
+        "reward_weighted_4": Strategy(do_sample=True, samples=4, pick="reward_weighted", beta=1.0),
+    }
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+
+
+class Params(Section):
+    """What decode reads from params.yaml."""
+
+    seed: int = SEED
+    decode: DecodeParams = DecodeParams()
+    evaluate: Measurement = Measurement()
+
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -85,8 +145,7 @@ def answer(model, tokenizer, prompts: list[str], strategy: Strategy, params: Par
     out: list[str] = []
     for start in range(0, len(prompts), params.evaluate.batch_size):
         chunk = prompts[start:start + params.evaluate.batch_size]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in chunk]
+        texts = [chat_prompt(tokenizer, p) for p in chunk]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         ids = model.generate(**batch, max_new_tokens=params.evaluate.max_new_tokens,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **knobs)
@@ -117,7 +176,7 @@ def run(params: Params) -> dict:
     judge = None
     if needs_judge:
         if cfg.reward_model is None:
-            raise DataError("params.yaml: decode.reward_model: a strategy with samples > 1 re-ranks its samples "
+            raise ConfigError("params.yaml: decode.reward_model: a strategy with samples > 1 re-ranks its samples "
                             "by reward; expected a reward model's directory under models/, got null")
         judge = load_reward_model(require(MODELS / cfg.reward_model, "config.json", cfg.reward_model),
                                   params.evaluate.precision)

@@ -25,14 +25,70 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from trl import SFTTrainer
 
-from labs.core.config import Params
-from labs.core.data import DataError, read_jsonl
-from labs.core.evaluation import decoding_speeds, exact_match
+from labs.core.config import SEED, ConfigError, ModelShape, Section, Tier, TrainParams, view
+from labs.core.data import read_jsonl
+from labs.core.evaluation import MeasureParams, decoding_speeds, exact_match
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
-from labs.core.run import atomic_path, save_model
-from labs.core.train import PREPARED, finetune, held_out_answers, train_on_corpus
+from labs.core.run import atomic_path, run_card, save_model
+from labs.core.train import (
+    PREPARED,
+    chat_args,
+    finetune,
+    fit,
+    held_out_answers,
+    held_out_scores,
+    sft_chats,
+    train_on_corpus,
+)
+
+
+class StudentPretrainParams(TrainParams):
+    """The distilled student's own pretraining on the corpus, before either fine-tune."""
+
+    max_length: int = Field(256, gt=0)
+    batch_size: int = Field(8, gt=0)  # the teacher's pretraining recipe
+    epochs: float = Field(5, gt=0)
+    lr: float = Field(3e-3, gt=0)
+
+
+class StudentShape(ModelShape):
+    """The student: 2 layers, 64 wide (a multiple of 64: bitsandbytes' CPU 4-bit blocks are 64 weights)."""
+
+    hidden_size: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+
+
+class DistillParams(TrainParams):
+    """Knowledge distillation from the SFT model (teacher) into a smaller student of the same tokenizer."""
+
+    # null: a Llama of `student` shape built here; a hub id or local directory: that model (same tokenizer)
+    student_model: str | None = None
+    student: StudentShape = StudentShape()
+    pretrain: StudentPretrainParams = StudentPretrainParams()
+    temperature: float = Field(2.0, gt=0)  # softens both distributions; the soft term is scaled by T^2
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft-label term; 1 - alpha goes to the hard labels
+    max_length: int = Field(128, gt=0)  # the fine-tune: sft's data and schedule
+    batch_size: int = Field(16, gt=0)
+    epochs: float = Field(4, gt=0)
+    lr: float = Field(2e-3, gt=0)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision", "speed_prompts", "speed_rounds")
+
+
+class Params(Section):
+    """What distill reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    distill: DistillParams = DistillParams()
+    evaluate: Measurement = Measurement()
+
 
 TEACHER, OUT = Path("models/sft"), Path("models/distill")
 
@@ -77,7 +133,7 @@ def run(params: Params) -> dict:
     teacher = load_model(teacher_dir, params.evaluate.precision)
     student = build_student(params, tokenizer)
     if student.config.vocab_size != teacher.config.vocab_size:
-        raise DataError(f"params.yaml: distill.student_model: vocabulary of {student.config.vocab_size} tokens, "
+        raise ConfigError(f"params.yaml: distill.student_model: vocabulary of {student.config.vocab_size} tokens, "
                          f"expected the teacher's {teacher.config.vocab_size} (the same tokenizer)")
     print(f"distill: teacher {count_parameters(teacher):,} parameters, student {count_parameters(student):,}")
 
@@ -89,14 +145,22 @@ def run(params: Params) -> dict:
         save_model(trainer.model, tokenizer, tmp / "pretrained", card)
         metrics["student_pretrain"] = pretrained
         # 2. Fine-tune on the sft task: with the teacher's soft labels, and on hard labels only (the control).
-        runs = {"student": dict(trainer_class=SoftLabelTrainer, teacher=teacher, temperature=cfg.temperature,
-                                alpha=cfg.alpha),
-                "hard_labels": {}}
-        for name, extra in runs.items():
+        runs = ("student", "hard_labels")
+        for name in runs:
             model = load_model(tmp / "pretrained", cfg.precision, cfg.attn_implementation, training=True)
-            trainer, result, card = finetune(params, cfg, f"distill/{name}", model, tokenizer, tmp / "pretrained",
-                                             **extra)
-            result.pop("completions")
+            if name == "student":  # the method: the teacher's softened distribution as the target
+                train, val = sft_chats()
+                # nll: TRL's default chunked loss computes no logits, which the soft-label loss needs
+                args = chat_args(params, cfg, "distill/student", tmp / "pretrained", loss_type="nll")
+                trainer = SoftLabelTrainer(model=model, args=args, train_dataset=train, eval_dataset=val,
+                                           processing_class=tokenizer, teacher=teacher,
+                                           temperature=cfg.temperature, alpha=cfg.alpha)
+                card = run_card("distill/student", params, cfg)
+                result = fit(trainer, card, "distill/student")
+            else:  # the control: the same student and schedule on the gold tokens alone
+                trainer, result, card = finetune(params, cfg, "distill/hard_labels", model, tokenizer,
+                                                 tmp / "pretrained")
+            result |= held_out_scores(trainer.model, tokenizer, params)[0]
             save_model(trainer.model, tokenizer, tmp / name, card)
             metrics[name] = result | {"parameters": count_parameters(model)}
 

@@ -28,14 +28,17 @@ metrics/dpo.json, every method measured the same way against the SFT model it st
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from datasets import Dataset
+from pydantic import Field
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
-from labs.core.config import DPOParams, Params
+from labs.core.config import SEED, Section, Tier, TrainParams, view
 from labs.core.data import assistant_turn, preference_chats, read_jsonl, user_turn
 from labs.core.evaluation import (
+    MeasureParams,
     answer_logprobs,
     exact_match,
     generate,
@@ -43,9 +46,47 @@ from labs.core.evaluation import (
     on_policy_pairs,
     percent,
     reward_scores,
+    win_rate,
 )
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
+
+
+class DPOParams(TrainParams):
+    """Preference optimisation of the SFT model; `loss` picks the method."""
+
+    # sigmoid = DPO, ipo = IPO (both DPOTrainer), kto = KTO on the pairs split into unpaired rows,
+    # orpo = ORPO and simpo = SimPO (no reference model; trl.experimental ORPOTrainer / CPOTrainer)
+    loss: Literal["sigmoid", "ipo", "kto", "orpo", "simpo"] = "sigmoid"
+    # dataset: the preference file's pairs. on_policy: the SFT model's own wrong answers (sampled on those
+    # prompts, checked against the chosen answer) are the rejected side: needs checkable answers.
+    pairs: Literal["dataset", "on_policy"] = "on_policy"
+    samples_per_prompt: int = Field(4, gt=0)  # on_policy: answers sampled per prompt
+    temperature: float = Field(0.5, gt=0)  # on_policy: lower finds the mistakes greedy decoding makes
+    max_prompts: int | None = Field(None, gt=0)  # on_policy: prompts sampled from (null: all)
+    beta: float | None = Field(None, gt=0)  # null: the method's paper default (labs/dpo.py DEFAULT_BETA)
+    simpo_gamma: float = Field(0.5, ge=0)  # SimPO's target reward margin
+    # sigmoid / ipo: weight of an added NLL loss on the chosen answers (RPO); it keeps the chosen answers'
+    # likelihood from falling with the rejected ones', DPO's known failure
+    sft_weight: float = Field(4.0, ge=0)
+    max_length: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    epochs: float = Field(2, gt=0)
+    lr: float = Field(5e-5, gt=0)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+
+
+class Params(Section):
+    """What dpo reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    dpo: DPOParams = DPOParams()
+    evaluate: Measurement = Measurement()
+
 
 PREPARED, SFT, REWARD, OUT = Path("data/prepared"), Path("models/sft"), Path("models/reward"), Path("models/dpo")
 # Each method's beta where `dpo.beta` is null: the papers' defaults (SimPO's beta scales a per-token
@@ -100,16 +141,6 @@ def preferences(policy, reference, tokenizer, rows: list[dict]) -> dict:
     }
 
 
-def win_rate(judge, tokenizer, prompts: list[str], ours: list[str], theirs: list[str]) -> dict:
-    """Judged by the reward model; an identical answer (or score) is a tie and counts half."""
-    a, b = np.array(reward_scores(judge, tokenizer, prompts, ours)), np.array(reward_scores(judge, tokenizer, prompts,
-                                                                                             theirs))
-    same = np.array([x == y for x, y in zip(ours, theirs, strict=True)]) | np.isclose(a, b)
-    wins, losses = int(((a > b) & ~same).sum()), int(((a < b) & ~same).sum())
-    return {"win_rate": round(100 * (wins + 0.5 * int(same.sum())) / len(prompts), 2),
-            "wins": wins, "losses": losses, "ties": int(same.sum())}
-
-
 def run(params: Params) -> dict:
     cfg, ev = params.dpo, params.evaluate
     beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA[cfg.loss]
@@ -151,7 +182,9 @@ def run(params: Params) -> dict:
                 "dataset_prefers_chosen": curated["prefers_chosen"]}
     metrics["kl_to_sft"] = kl_to_reference(policy, reference, tokenizer, prompts, ev.max_new_tokens, ev.batch_size,
                                            params.seed)
-    metrics |= win_rate(load_reward_model(judge_path, ev.precision), tokenizer, prompts, after, before)
+    judge = load_reward_model(judge_path, ev.precision)
+    after_scores = reward_scores(judge, tokenizer, prompts, after)
+    metrics |= win_rate(after_scores, reward_scores(judge, tokenizer, prompts, before), after, before)
 
     save_model(policy, tokenizer, OUT, card)
     save_curves("dpo", trainer.state.log_history)

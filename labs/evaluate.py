@@ -29,10 +29,34 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from sentence_transformers import SentenceTransformer
 
-from labs.core.config import Params
+from labs.core.config import Section, Tier
 from labs.core.data import read_jsonl
-from labs.core.evaluation import exact_match, generate, percent, perplexity, results_table, reward_scores
+from labs.core.evaluation import (
+    MeasureParams,
+    exact_match,
+    generate,
+    percent,
+    perplexity,
+    results_table,
+    reward_scores,
+    win_rate,
+)
 from labs.core.models import count_parameters, load_model, load_reward_model, load_tokenizer, require
+
+
+class EvaluateParams(MeasureParams):
+    """The measurement settings every lab shares, and the models this lab compares."""
+
+    models: list[str] = ["pretrain", "sft", "dpo", "ppo", "grpo"]  # directories under models/, one row each
+    reward_model: str | None = "reward"  # a directory under models/ whose scores become a column (null: none)
+
+
+class Params(Section):
+    """What evaluate reads from params.yaml."""
+
+    tier: Tier = "cpu"
+    evaluate: EvaluateParams = EvaluateParams()
+
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -74,8 +98,8 @@ class TextSimilarity:
 
 
 def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[str], similarity: TextSimilarity,
-                   judge=None) -> tuple[dict, list[float] | None]:
-    """The model's row of the table, and its reward per held-out prompt (for the win rates)."""
+                   judge=None) -> tuple[dict, tuple[list[float], list[str]] | None]:
+    """The model's row of the table, and its reward and answer per held-out prompt (for the win rates)."""
     cfg = params.evaluate
     tokenizer = load_tokenizer(path)
     model = load_model(path, cfg.precision)
@@ -93,13 +117,7 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
         "corpus_perplexity": perplexity(model, tokenizer, corpus),
         "refusal_rate": percent([bool(REFUSAL.search(answer)) for answer in probe]),
         "sample": {"prompt": test[0]["prompt"], "completion": completions[0]},
-    }, rewards
-
-
-def win_rate(mine: list[float], theirs: list[float]) -> float:
-    """Share of prompts where my answer's reward beats theirs, ties counting half (percent)."""
-    a, b = np.asarray(mine), np.asarray(theirs)
-    return round(100 * float(np.mean((a > b) + 0.5 * (a == b))), 2)
+    }, (None if rewards is None else (rewards, completions))
 
 
 def run(params: Params) -> dict:
@@ -116,7 +134,8 @@ def run(params: Params) -> dict:
         results[name], rewards[name] = evaluate_model(path, params, test, corpus, similarity, judge)
     if judge is not None:
         for name in results:
-            results[name]["win_rate"] = {other: win_rate(rewards[name], rewards[other])
-                                         for other in results if other != name}
+            results[name]["win_rate"] = {
+                other: win_rate(rewards[name][0], rewards[other][0], rewards[name][1], rewards[other][1])["win_rate"]
+                for other in results if other != name}
     print(results_table(results))
     return {"models": results}

@@ -19,13 +19,51 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
+from pydantic import Field
 from trl import GRPOConfig, GRPOTrainer
 
-from labs.core.config import Params
+from labs.core.config import SEED, Section, Tier, TrainParams, view
 from labs.core.data import read_jsonl, user_turn
-from labs.core.evaluation import exact_match, extract_answer, generate, is_correct, kl_to_reference, percent
+from labs.core.evaluation import (
+    MeasureParams,
+    exact_match,
+    extract_answer,
+    generate,
+    is_correct,
+    kl_to_reference,
+    percent,
+)
 from labs.core.models import load_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable, trend
+
+
+class GRPOParams(TrainParams):
+    """GRPO with a verifiable reward: exact match of the final answer plus a format reward."""
+
+    num_generations: int = Field(8, ge=2)  # completions per prompt: the group whose mean is the baseline
+    beta: float = Field(0.04, ge=0)  # KL penalty to the reference (TRL's default is 0: no reference at all)
+    temperature: float = Field(1.0, gt=0)
+    max_completion_length: int = Field(48, gt=0)
+    format_reward: float = Field(0.2, ge=0)  # for an answer in the "... Answer: X" form that ended with EOS
+    batch_size: int = Field(64, gt=0)  # completions per step: 8 prompts x num_generations
+    max_steps: int = 300
+    lr: float = Field(5e-5, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    logging_steps: int = Field(5, gt=0)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
+
+
+class Params(Section):
+    """What grpo reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    grpo: GRPOParams = GRPOParams()
+    evaluate: Measurement = Measurement()
+
 
 PREPARED, SFT, OUT = Path("data/prepared"), Path("models/sft"), Path("models/grpo")
 CURVES = {"reward": "train/reward", "rewards/correct/mean": "train/correct", "kl": "train/kl",

@@ -28,11 +28,25 @@ import torch
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from labs.core.adapters import MERGEABLE, peft_config, seed_spread, train_adapter
-from labs.core.config import LoraParams, Params
+from labs.core.adapters import MERGEABLE, AdapterParams, peft_config, seed_spread, train_adapter
+from labs.core.config import SEED, Section, Tier, view
+from labs.core.evaluation import MeasureParams
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
 from labs.core.train import held_out_answers, identical
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+
+
+class Params(Section):
+    """What lora reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    lora: AdapterParams = AdapterParams()
+    evaluate: Measurement = Measurement()
+
 
 BASE, OUT = Path("models/pretrain"), Path("models/lora")
 
@@ -48,7 +62,7 @@ GPU_TIER_MODELS = {
 }
 
 
-def trainable_share(cfg: LoraParams, config) -> dict:
+def trainable_share(cfg: AdapterParams, config) -> dict:
     """Parameters and the share `cfg`'s adapter trains on a model of `config`, built without weights."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
@@ -62,8 +76,9 @@ def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
     tokenizer = load_tokenizer(base)
     model = load_model(base, cfg.precision, cfg.attn_implementation, training=True)
-    trainer, metrics, card = train_adapter(params, cfg, "lora", model, tokenizer, base, count_parameters(model))
-    completions = metrics.pop("completions")  # base + adapter, greedy, on the held-out prompts
+    # base + adapter, greedy, on the held-out prompts: `completions`
+    trainer, metrics, card, completions = train_adapter(params, cfg, "lora", model, tokenizer, base,
+                                                        count_parameters(model))
     if cfg.seeds:
         reload = partial(load_model, base, cfg.precision, cfg.attn_implementation, training=True)
         metrics["seed_spread"] = seed_spread(params, cfg, "lora", metrics, reload, tokenizer, base,

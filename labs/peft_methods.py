@@ -12,18 +12,67 @@ table's other rows come from the stages that trained them: full SFT (metrics/sft
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
-from labs.core.adapters import seed_spread, train_adapter
-from labs.core.config import LoraParams, Params
-from labs.core.evaluation import peft_table
+from pydantic import Field
+
+from labs.core.adapters import AdapterParams, seed_spread, train_adapter
+from labs.core.config import SEED, Section, Tier, view
+from labs.core.evaluation import MeasureParams, peft_row, peft_table
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
-from labs.core.run import atomic_path, peak_gpu_mb, peak_rss_mb, reset_peak_memory, safetensors_mb, save_model
+from labs.core.run import (
+    atomic_path,
+    peak_gpu_mb,
+    peak_rss_mb,
+    reset_peak_memory,
+    safetensors_mb,
+    save_model,
+)
 
-BASE, OUT, METRICS = Path("models/pretrain"), Path("models/peft_methods"), Path("metrics")
+
+class MethodOverrides(Section):
+    """What a method in `peft_methods` may set differently from the `lora` section."""
+
+    lr: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = None
+    rank: int | None = Field(None, gt=0)
+    alpha: float | None = Field(None, gt=0)
+    num_virtual_tokens: int | None = Field(None, gt=0)
+    target_modules: list[str] | None = None
+    seeds: list[int] | None = None
+
+
+class PeftMethodsParams(Section):
+    # method -> its overrides of the `lora` section. lora itself and qlora have their own stages; the
+    # comparison table takes their rows (and full SFT's) from metrics/.
+    # prefix, prompt and (IA)^3 train far fewer weights and need higher rates; 4 epochs keep the curriculum short
+    methods: dict[Literal["lora", "dora", "prefix", "prompt", "ia3"], MethodOverrides] = {
+        "dora": MethodOverrides(),
+        "prefix": MethodOverrides(lr=1e-2, epochs=4),
+        "prompt": MethodOverrides(lr=3e-2, epochs=4),
+        "ia3": MethodOverrides(lr=1e-2, epochs=4),
+    }
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
+
+
+class Params(Section):
+    """What peft_methods reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    peft_methods: PeftMethodsParams = PeftMethodsParams()
+    lora: AdapterParams = AdapterParams()
+    evaluate: Measurement = Measurement()
+
+
+BASE, OUT = Path("models/pretrain"), Path("models/peft_methods")
 
 
 def train_methods(params: Params) -> dict[str, dict]:
@@ -32,15 +81,14 @@ def train_methods(params: Params) -> dict[str, dict]:
     results = {}
     with atomic_path(OUT) as tmp:
         for method, overrides in params.peft_methods.methods.items():
-            cfg = LoraParams.model_validate(
+            cfg = AdapterParams.model_validate(
                 # lora's seeds are lora's: a method here is retrained over seeds only when its own entry asks
                 params.lora.model_dump() | {"method": method, "seeds": []} | overrides.model_dump(exclude_none=True))
             reset_peak_memory()
             started = time.perf_counter()
             model = load_model(base, cfg.precision, cfg.attn_implementation, training=True)
-            trainer, metrics, card = train_adapter(params, cfg, f"peft_methods/{method}", model, tokenizer, base,
-                                                   count_parameters(model))
-            metrics.pop("completions")
+            trainer, metrics, card, _ = train_adapter(params, cfg, f"peft_methods/{method}", model, tokenizer, base,
+                                                      count_parameters(model))
             save_model(trainer.model, tokenizer, tmp / method, card)
             if cfg.seeds:
                 reload = partial(load_model, base, cfg.precision, cfg.attn_implementation, training=True)
@@ -56,39 +104,9 @@ def train_methods(params: Params) -> dict[str, dict]:
     return results
 
 
-def row(name: str, m: dict) -> dict:
-    """One row of the comparison from a lab's metrics (full SFT ships the whole model as its 'adapter')."""
-    return {
-        "method": name,
-        "trainable_parameters": m["trainable_parameters"],
-        "trainable_pct": round(100 * m["trainable_parameters"] / m["parameters"], 3),
-        "peak_rss_mb": m["run"]["peak_rss_mb"],
-        "peak_gpu_mb": m["run"].get("peak_gpu_mb"),
-        "train_time_s": m["train_time_s"],
-        "wall_time_s": m["run"]["wall_time_s"],
-        "adapter_mb": m.get("adapter_mb", m.get("weights_mb")),
-        "exact_match": m["exact_match"]["overall"],
-        # over every seed the method was trained with (the single run's included); absent: one seed only
-        "exact_match_seeds": {key: m["seed_spread"][key] for key in ("seeds", "overall_mean", "overall_sd",
-                                                                       "overall_min", "overall_max")}
-        if "seed_spread" in m else None,
-        "val_loss": m["val_loss"],
-        "corpus_perplexity": m.get("corpus_perplexity"),
-    }
-
-
-def comparison(results: dict[str, dict], metrics_dir: Path = METRICS) -> list[dict]:
-    rows = []
-    for lab in ("sft", "lora", "qlora"):
-        path = metrics_dir / f"{lab}.json"
-        if path.exists():  # the DVC stage depends on all three; run alone, the table shows what exists
-            m = json.loads(path.read_text())
-            rows.append(row({"sft": "full SFT", "lora": m.get("method"), "qlora": f"q{m.get('method')}"}[lab], m))
-    return rows + [row(method, m) for method, m in results.items()]
-
-
 def run(params: Params) -> dict:
     results = train_methods(params)
-    table = comparison(results)
-    print(peft_table(table))
-    return {"methods": results, "table": table}
+    # the comparison with full SFT, lora and qlora is built from every lab's metrics where it is read
+    # (`peft_comparison`), so this stage does not re-run when their timings change
+    print(peft_table([peft_row(method, m) for method, m in results.items()]))
+    return {"methods": results}

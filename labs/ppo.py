@@ -24,14 +24,17 @@ PPOTrainer has no resume_from_checkpoint: a killed run starts over (it takes min
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from datasets import Dataset
+from pydantic import Field
 from scipy import stats
 
-from labs.core.config import Params
-from labs.core.data import read_jsonl, user_turn
+from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.data import chat_prompt, read_jsonl
 from labs.core.evaluation import (
+    MeasureParams,
     exact_match,
     generate,
     kl_to_reference,
@@ -43,6 +46,41 @@ from labs.core.evaluation import (
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import CHECKPOINT_ROOT, finish_checkpoints, run_card, save_curves, save_model, trend
 
+
+class PPOParams(TrainParams):
+    """RLHF with PPO: policy and value model trained, reward model and reference frozen."""
+
+    episodes: int = Field(4096, gt=0)  # prompts sampled in all (TRL's total_episodes)
+    kl_coef: float = Field(0.05, ge=0)
+    ppo_epochs: int = Field(4, gt=0)  # optimisation passes over each batch of rollouts
+    mini_batches: int = Field(4, gt=0)  # optimizer steps per pass over a batch
+    temperature: float = Field(1.0, gt=0)
+    response_length: int = Field(48, gt=0)
+    missing_eos_penalty: float | None = Field(1.0, ge=0)  # subtracted from the score of a completion with no EOS
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    heldout_seeds: int = Field(4, gt=0)  # sampled answers per held-out prompt, before and after training
+    bootstrap_resamples: int = Field(2000, gt=0)  # for the 95% interval of the held-out reward's change
+    batch_size: int = Field(64, gt=0)  # answers sampled per update: smaller updates were as noisy as the family mix
+    lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    logging_steps: int = Field(1, gt=0)  # one log per update: the reward and KL curves
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+
+
+class Params(Section):
+    """What ppo reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    ppo: PPOParams = PPOParams()
+    evaluate: Measurement = Measurement()
+
+
 PREPARED, SFT, REWARD, OUT = Path("data/prepared"), Path("models/sft"), Path("models/reward"), Path("models/ppo")
 CURVES = {"objective/scores": "train/reward", "objective/kl": "train/kl", "objective/rlhf_reward": "train/rlhf_reward",
           "val/num_eos_tokens": "train/eos_tokens"}
@@ -50,8 +88,8 @@ CURVES = {"objective/scores": "train/reward", "objective/kl": "train/kl", "objec
 
 def prompt_ids(tokenizer, rows: list[dict]) -> Dataset:
     """PPOTrainer takes tokenized prompts: the chat template up to the assistant's turn."""
-    return Dataset.from_list([{"input_ids": tokenizer.apply_chat_template(
-        user_turn(r["prompt"]), add_generation_prompt=True, tokenize=True, return_dict=False)} for r in rows])
+    return Dataset.from_list([{"input_ids": tokenizer(chat_prompt(tokenizer, r["prompt"]), add_special_tokens=False)
+                               ["input_ids"]} for r in rows])
 
 
 def answers_report(policy, judge, tokenizer, test: list[dict], params: Params) -> dict:

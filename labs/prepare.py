@@ -13,9 +13,22 @@ import hashlib
 import json
 from pathlib import Path
 
-from labs.core.config import Params
+from pydantic import Field
+
+from labs.core.config import Section
 from labs.core.data import read_jsonl, write_jsonl
 from labs.core.run import atomic_path
+
+
+class PrepareParams(Section):
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+
+
+class Params(Section):
+    """What prepare reads from params.yaml."""
+
+    prepare: PrepareParams = PrepareParams()
+
 
 RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 # raw file -> (contract kind, has a held-out *_test file)

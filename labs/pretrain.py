@@ -16,10 +16,32 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from labs.core.config import Params
+from pydantic import Field
+
+from labs.core.config import SEED, ModelShape, Section, Tier, TrainParams
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import save_model
 from labs.core.train import train_on_corpus
+
+
+class PretrainParams(TrainParams):
+    # None: build a tiny Llama from `model` and train it from scratch (CPU tier). A hub id or a local
+    # directory: start from that model and its tokenizer (GPU tiers), continuing pretraining for
+    # `max_steps` (0 = take the model as it is).
+    base_model: str | None = None
+    model: ModelShape = ModelShape()
+    batch_size: int = Field(8, gt=0)  # more, smaller steps teach the model to copy from its context
+    epochs: float = Field(5, gt=0)
+    lr: float = Field(1.5e-3, gt=0)
+
+
+class Params(Section):
+    """What pretrain reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    pretrain: PretrainParams = PretrainParams()
+
 
 OUT = Path("models/pretrain")
 

@@ -19,15 +19,45 @@ pruning and after recovery, validation loss, corpus perplexity.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch.nn.utils import prune
 
-from labs.core.config import Params
-from labs.core.evaluation import exact_match
+from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.evaluation import MeasureParams, exact_match
 from labs.core.models import load_model, load_tokenizer, require
 from labs.core.run import atomic_path, save_model
-from labs.core.train import finetune, held_out_answers
+from labs.core.train import finetune, held_out_answers, held_out_scores
+
+
+class PruneParams(TrainParams):
+    """Magnitude pruning of the SFT model's linear layers, each sparsity followed by a short recovery fine-tune."""
+
+    kind: Literal["unstructured", "structured"] = "unstructured"
+    # share of each pruned weight set set to zero: global over all linears (unstructured), whole rows per layer
+    # (structured, L2 norm)
+    sparsities: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
+    max_length: int = Field(128, gt=0)  # recovery: sft's data, a fifth of an epoch
+    batch_size: int = Field(16, gt=0)
+    max_steps: int = 100
+    lr: float = Field(1e-4, gt=0)  # higher unsettles what pruning left intact
+    warmup_steps: int = Field(10, ge=0)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
+
+
+class Params(Section):
+    """What prune reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    prune: PruneParams = PruneParams()
+    evaluate: Measurement = Measurement()
+
 
 SFT, OUT = Path("models/sft"), Path("models/prune")
 
@@ -64,7 +94,7 @@ def run(params: Params) -> dict:
             apply_pruning(model, cfg.kind, amount)
             pruned_em = exact_match(*held_out_answers(model, tokenizer, params))
             trainer, metrics, card = finetune(params, cfg, f"prune/{name}", model, tokenizer, base)
-            metrics.pop("completions")
+            metrics |= held_out_scores(trainer.model, tokenizer, params)[0]
             for module in decoder_linears(trainer.model):
                 prune.remove(module, "weight")  # weight = weight_orig * mask, for good
             save_model(trainer.model, tokenizer, tmp / name, card)

@@ -22,16 +22,40 @@ from __future__ import annotations
 from functools import partial
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
+import torch
 from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
-from labs.core.adapters import seed_spread, train_adapter
-from labs.core.config import Params, QLoraParams
-from labs.core.evaluation import exact_match
+from labs.core.adapters import AdapterParams, seed_spread, train_adapter
+from labs.core.config import SEED, Section, Tier, view
+from labs.core.evaluation import MeasureParams, exact_match
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
 from labs.core.train import held_out_answers, identical
+
+
+class QLoraParams(AdapterParams):
+    """LoRA (or DoRA) on a base quantized to 4 bits by bitsandbytes; compute dtype = `precision`."""
+
+    method: Literal["lora", "dora"] = "lora"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True  # quantize the quantization constants too (QLoRA paper, ~0.4 bit/param saved)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+
+
+class Params(Section):
+    """What qlora reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    qlora: QLoraParams = QLoraParams()
+    evaluate: Measurement = Measurement()
+
 
 BASE, OUT = Path("models/pretrain"), Path("models/qlora")
 
@@ -64,11 +88,15 @@ def run(params: Params) -> dict:
 
     model = load_quantized(base, cfg)
     quantized_mb = model.get_memory_footprint() / 2**20  # right for bitsandbytes (not for torchao)
-    trainer, metrics, card = train_adapter(params, cfg, "qlora", model, tokenizer, base, parameters)
-    completions = metrics.pop("completions")  # 4-bit base + adapter, as trained
+    # TRL would train the adapter in bf16 (the QLoRA paper's choice): ~19x slower on CPU and absent on T4s, so
+    # it computes in the tier's precision (fp32 under fp16's mixed precision)
+    adapter_dtype = torch.float32 if cfg.precision == "fp16" else DTYPES[cfg.precision]
+    # `completions`: the 4-bit base + adapter's held-out answers, as trained
+    trainer, metrics, card, completions = train_adapter(params, cfg, "qlora", model, tokenizer, base, parameters,
+                                                        adapter_dtype)
     if cfg.seeds:
         metrics["seed_spread"] = seed_spread(params, cfg, "qlora", metrics, partial(load_quantized, base, cfg),
-                                             tokenizer, base, parameters)
+                                             tokenizer, base, parameters, adapter_dtype)
 
     with atomic_path(OUT) as tmp:
         save_model(trainer.model, tokenizer, tmp / "adapter", card)

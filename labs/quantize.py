@@ -38,15 +38,62 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from labs.core.config import Params
-from labs.core.data import DataError, read_jsonl
-from labs.core.evaluation import SINGLE_PROMPTS, chat_batch, decoding_speeds, exact_match, perplexity, tensor_bytes
+from labs.core.config import SEED, ConfigError, Section, Tier, TrainParams, view
+from labs.core.data import DataError, chat_prompt, read_jsonl
+from labs.core.evaluation import (
+    SINGLE_PROMPTS,
+    MeasureParams,
+    chat_batch,
+    decoding_speeds,
+    exact_match,
+    perplexity,
+    tensor_bytes,
+)
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require, use_gpu
 from labs.core.run import atomic_path, safetensors_mb, save_model, write_csv
 from labs.core.train import PREPARED, finetune, held_out_answers
+
+QuantMethod = Literal["int8", "nf4", "dynamic_int8", "torchao_int8", "torchao_int4", "qat_int4", "gptq", "awq",
+                      "gguf_f16", "gguf_q8_0", "gguf_q4_0"]
+
+
+class QATParams(TrainParams):
+    """QAT's fine-tune with int4 fake-quantized weights: sft's data, a fifth of an epoch."""
+
+    max_length: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_steps: int = 100
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+
+
+class QuantizeParams(Section):
+    """Post-training quantization (and QAT) of the SFT model and the distilled student."""
+
+    method: Literal["all"] | QuantMethod = "all"  # all: every method this device can run, one row each
+    models: list[Literal["sft", "distill"]] = ["sft", "distill"]
+    student_methods: list[QuantMethod] = ["int8", "nf4"]  # the distilled student's quantized rows
+    group_size: int = Field(32, gt=0)  # torchao int4 / QAT: weights per quantization scale
+    qat: QATParams = QATParams()
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision", "speed_prompts", "speed_rounds")
+
+
+class Params(Section):
+    """What quantize reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    quantize: QuantizeParams = QuantizeParams()
+    evaluate: Measurement = Measurement()
+
 
 SFT, STUDENT, PRUNED, OUT = Path("models/sft"), Path("models/distill/student"), Path("models/prune"), Path(
     "models/quantize")
@@ -86,7 +133,7 @@ def load_quantized(path: Path, method: str, params: Params):
         return load_model(path, precision, quantization_config=config)
     if method in GPU_METHODS:
         if not use_gpu(params):
-            raise DataError(f"params.yaml: quantize.method: {method} needs a CUDA GPU (GPU tiers' images); "
+            raise ConfigError(f"params.yaml: quantize.method: {method} needs a CUDA GPU (GPU tiers' images); "
                             f"on a CPU use one of {', '.join(CPU_METHODS)}")
         from transformers import AwqConfig, GPTQConfig
 
@@ -95,7 +142,7 @@ def load_quantized(path: Path, method: str, params: Params):
         config = (GPTQConfig(bits=4, dataset=calibration, tokenizer=tokenizer) if method == "gptq"
                   else AwqConfig(bits=4))
         return load_model(path, precision, quantization_config=config)
-    raise DataError(f"params.yaml: quantize.method: unknown method {method!r}")
+    raise ConfigError(f"params.yaml: quantize.method: unknown method {method!r}")
 
 
 def quantization_aware(params: Params, base: Path, tokenizer):
@@ -111,6 +158,7 @@ def quantization_aware(params: Params, base: Path, tokenizer):
     model = load_model(base, cfg.qat.precision, training=True)
     quantize_(model, QATConfig(torchao_config("torchao_int4", cfg.group_size), step="prepare"))
     trainer, result, card = finetune(params, cfg.qat, "quantize/qat", model, tokenizer, base)
+    fake_quantized = exact_match(*held_out_answers(trainer.model, tokenizer, params))
     for name, module in list(trainer.model.named_modules()):
         if isinstance(module, FakeQuantizedLinear):  # back to plain linears with the trained weights
             parent, _, child = name.rpartition(".")
@@ -119,7 +167,7 @@ def quantization_aware(params: Params, base: Path, tokenizer):
         save_model(trainer.model, tokenizer, Path(scratch) / "model", card)
         model = load_quantized(Path(scratch) / "model", "torchao_int4", params)
     return model, {"val_loss": result["val_loss"], "train_time_s": result["train_time_s"],
-                   "exact_match_fake_quantized": result["exact_match"]["overall"]}
+                   "exact_match_fake_quantized": fake_quantized["overall"]}
 
 
 # llama.cpp's converter names a BPE pre-tokenizer by hashing how it splits a test string, and stops on one it
@@ -192,8 +240,7 @@ class GGUFModel:
                          logits_all=True, seed=0, verbose=False)
 
     def prompt_text(self, prompt: str) -> str:
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return chat_prompt(self.tokenizer, prompt)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         return self.tokenizer(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
@@ -279,21 +326,7 @@ def run(params: Params) -> dict:
             saved = method != "dynamic_int8"  # torch.ao's packed modules serialize through pickle only
             if saved and method:
                 save_model(model, tokenizer, folder, {"lab": "quantize", "method": method, "source": str(path)})
-            test, completions = held_out_answers(model, tokenizer, params)
-            full = load_model(path, "fp32")
-            rows[name] = {
-                "source": str(path),
-                "method": method or "fp32",
-                "parameters": count_parameters(full),
-                "nonzero_parameters": int(sum(int(p.count_nonzero()) for p in full.parameters())),
-                "disk_mb": safetensors_mb(folder if method else path) if saved else None,
-                "memory_mb": round(tensor_bytes(model) / 2**20, 3),
-                # on the held-out answers given their prompts: what the model is for (after SFT, prose
-                # perplexity measures how much of pretraining it forgot, not how well it answers)
-                "perplexity": perplexity(model, tokenizer, [r["completion"] for r in test],
-                                         prompts=[r["prompt"] for r in test]),
-                "exact_match": exact_match(test, completions),
-            }
+            rows[name] = torch_row(model, tokenizer, path, method, folder if method else path, saved, params)
             models[name] = model
             print(f"quantize: {name}: {rows[name]['memory_mb']} MB, exact-match "
                   f"{rows[name]['exact_match']['overall']}, perplexity {rows[name]['perplexity']}")
@@ -321,22 +354,40 @@ def run(params: Params) -> dict:
     return {"rows": [{"name": name, **row} for name, row in rows.items()], **extra, "method": params.quantize.method}
 
 
-def gguf_row(model: GGUFModel, source: Path, method: str, test: list[dict], params: Params) -> dict:
-    prompts = [r["prompt"] for r in test]
+def compression_row(source: Path, method: str | None, disk_mb: float | None, memory_mb: float,
+                    perplexity: float, exact_match: dict, **extra) -> dict:
+    """One row of the compression table: the weights it came from (parameters counted before quantization)
+    and what its format costs and keeps."""
     full = load_model(source, "fp32")
-    size_mb = round(model.path.stat().st_size / 2**20, 3)
-    row = {
+    return {
         "source": str(source),
-        "method": method,
+        "method": method or "fp32",
         "parameters": count_parameters(full),
         "nonzero_parameters": int(sum(int(p.count_nonzero()) for p in full.parameters())),
-        # llama.cpp maps the file's tensors into memory as they are stored: the footprint is the file
-        "disk_mb": size_mb,
-        "memory_mb": size_mb,
-        "perplexity": model.perplexity(prompts, [r["completion"] for r in test]),
-        "exact_match": exact_match(test, model.answers(prompts, params.evaluate.max_new_tokens)),
-        "tokenizer_agreement_pct": model.tokenizer_agreement(prompts),
-    }
+        "disk_mb": disk_mb,
+        "memory_mb": memory_mb,
+        "perplexity": perplexity,
+        "exact_match": exact_match,
+    } | extra
+
+
+def torch_row(model, tokenizer, source: Path, method: str | None, saved_at: Path, saved: bool, params: Params) -> dict:
+    test, completions = held_out_answers(model, tokenizer, params)
+    # on the held-out answers given their prompts: what the model is for (after SFT, prose perplexity measures
+    # how much of pretraining it forgot, not how well it answers)
+    prompts, answers = [r["prompt"] for r in test], [r["completion"] for r in test]
+    answer_perplexity = perplexity(model, tokenizer, answers, prompts=prompts)
+    return compression_row(source, method, safetensors_mb(saved_at) if saved else None,
+                           round(tensor_bytes(model) / 2**20, 3), answer_perplexity, exact_match(test, completions))
+
+
+def gguf_row(model: GGUFModel, source: Path, method: str, test: list[dict], params: Params) -> dict:
+    prompts = [r["prompt"] for r in test]
+    size_mb = round(model.path.stat().st_size / 2**20, 3)
+    # llama.cpp maps the file's tensors into memory as they are stored: the footprint is the file
+    row = compression_row(source, method, size_mb, size_mb, model.perplexity(prompts, [r["completion"] for r in test]),
+                          exact_match(test, model.answers(prompts, params.evaluate.max_new_tokens)),
+                          tokenizer_agreement_pct=model.tokenizer_agreement(prompts))
     print(f"quantize: {method}: {size_mb} MB, exact-match {row['exact_match']['overall']}, perplexity "
           f"{row['perplexity']}, llama.cpp tokenizes {row['tokenizer_agreement_pct']}% of prompts as ours")
     return row

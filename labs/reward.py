@@ -24,14 +24,17 @@ metrics/reward.json:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from datasets import Dataset
+from pydantic import Field
 from trl import RewardConfig, RewardTrainer
 
-from labs.core.config import Params
+from labs.core.config import SEED, Section, Tier, TrainParams, view
 from labs.core.data import preference_chats, read_jsonl
 from labs.core.evaluation import (
+    MeasureParams,
     correlation,
     generate,
     is_correct,
@@ -41,6 +44,36 @@ from labs.core.evaluation import (
 )
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
+
+
+class RewardParams(TrainParams):
+    """A Bradley-Terry reward model: the SFT model's architecture with a scalar head."""
+
+    max_length: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    epochs: float = Field(2, gt=0)
+    lr: float = Field(5e-4, gt=0)
+    center_rewards: float | None = Field(None, ge=0)  # TRL's center_rewards_coefficient: pulls rewards to mean 0
+    # dataset: the preference file's pairs. with_on_policy: plus pairs from the SFT model's own wrong answers
+    # (sampled on `on_policy_prompts` of those prompts, checked against the chosen answer)
+    pairs: Literal["dataset", "with_on_policy"] = "with_on_policy"
+    on_policy_prompts: int = Field(2000, gt=0)
+    on_policy_samples: int = Field(4, gt=0)
+    samples_per_prompt: int = Field(4, gt=0)  # sampled SFT answers per held-out prompt for the correlations
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+
+
+class Params(Section):
+    """What reward reads from params.yaml."""
+
+    seed: int = SEED
+    tier: Tier = "cpu"
+    reward: RewardParams = RewardParams()
+    evaluate: Measurement = Measurement()
+
 
 PREPARED, SFT, OUT = Path("data/prepared"), Path("models/sft"), Path("models/reward")
 

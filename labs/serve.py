@@ -11,9 +11,9 @@ GPU tiers serve with vLLM or TGI from docker/compose.yaml instead; the load test
 any OpenAI-compatible endpoint.
 
 The server runs on uvicorn with uvloop and httptools (uvicorn's own fast event loop and HTTP parser; without
-them it falls back to pure-Python h11, and at concurrency 16 the server did 25-40% fewer tokens/s). Its paged KV
+them it falls back to pure-Python h11, which is slower under load). Its paged KV
 cache has the size `serve.cache_blocks` sets: left to itself, transformers serve gives that cache 60% of the
-machine's RAM on CPU (13.7 GB of 24 measured here, for the earlier 1.1M-parameter model).
+machine's RAM on CPU, zeroed before the first answer.
 
 The load test is a short asyncio client on httpx2 (the HTTP client of the openai package) that reads the
 server-sent events itself (guidellm and vLLM's bench client would pull in vLLM's CUDA-only stack):
@@ -41,15 +41,44 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 import httpx2 as httpx  # the HTTP client the openai package itself is built on
 import numpy as np
 import torch
+from pydantic import Field
 
-from labs.core.config import Params
+from labs.core.config import SEED, Section
 from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import exact_match, generate
 from labs.core.models import load_model, load_tokenizer, require
+from labs.core.run import process_peak_mb
+
+
+class ServeParams(Section):
+    """An OpenAI-compatible server for one model and a load test against it."""
+
+    model: str = "sft"
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = Field(0, ge=0, le=65535)  # 0: any free port
+    continuous_batching: bool = True
+    concurrency: list[Annotated[int, Field(gt=0)]] = [1, 4, 16, 64]
+    requests_per_client: int = Field(16, gt=0)  # enough that a level is not mostly ramp-up and tail
+    max_tokens: int = Field(48, gt=0)
+    startup_timeout_s: int = Field(180, gt=0)
+    rounds: int = Field(5, gt=0)  # interleaved; each level keeps its fastest round: the machine's speed drifts
+    # continuous batching's paged KV cache: unset, transformers serve takes 60% of RAM for it on CPU
+    cache_blocks: int = Field(256, gt=0)
+    block_size: int = Field(64, gt=0)  # tokens per cache block
+    max_batch_tokens: int = Field(2048, gt=0)  # tokens one forward may hold
+
+
+class Params(Section):
+    """What serve reads from params.yaml."""
+
+    seed: int = SEED
+    serve: ServeParams = ServeParams()
+
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -97,8 +126,8 @@ class CheckedRequests:
     """ASGI middleware in front of transformers serve's app: answers malformed chat-completions bodies with
     OpenAI's 400 (`chat_request_problem`) and sets the X-Request-ID that transformers serve's own middleware
     would. Pure ASGI, where both used `@app.middleware("http")`: Starlette's BaseHTTPMiddleware relays every
-    streamed chunk through an extra task and memory stream: under load at concurrency 16, py-spy found a fifth of
-    the server's busy samples there (half of its event loop's), paid once per streamed token."""
+    streamed chunk through an extra task and memory stream, a cost paid once per streamed token that a profile
+    under load (py-spy) shows as a large share of the event loop's time."""
 
     def __init__(self, app, header: str):
         self.app, self.header = app, header.encode()
@@ -149,9 +178,9 @@ def cache_flags(cfg) -> list[str]:
 def no_timer_thread_per_request() -> None:
     """transformers serve restarts a `threading.Timer` on every request to unload an idle model, even when the
     timeout is off, as it is for a model given on the command line. `Thread.start` waits on the event loop's
-    thread until the new thread runs, and under load the generation thread holds the GIL: py-spy found a sixth
-    of the event loop's samples there. With this patch concurrency 16 did 1,470 tokens/s, against 1,170 without
-    (3 servers each, alternated). Our own patch: the timer stays as it was where a timeout is set."""
+    thread until the new thread runs, and under load the generation thread holds the GIL, so the event loop
+    stalls on every request. Our own patch (docs/decisions.md has the comparison): the timer stays as it was where
+    a timeout is set."""
     from transformers.cli.serving.model_manager import TimedModel
 
     restart_timer = TimedModel.reset_timer
@@ -172,7 +201,7 @@ def serve_forever(argv: list[str]) -> int:
     from labs.core.config import load_params
 
     if "--continuous-batching" in argv and "--cb-num-blocks" not in argv:
-        argv = [*argv, *cache_flags(load_params().serve)]
+        argv = [*argv, *cache_flags(load_params(Params).serve)]
     no_timer_thread_per_request()
 
     build_server = server.build_server
@@ -195,15 +224,6 @@ def server_command(path: Path, cfg, port: int, seed: int) -> list[str]:
     return [sys.executable, "-m", "labs.serve", str(path), "--host", cfg.host, "--port", str(port), *batching,
             "--dtype", "float32", "--device", "cpu" if not torch.cuda.is_available() else "auto",
             "--default-seed", str(seed), "--no-trust-remote-code", "--log-level", "warning"]
-
-
-def peak_memory_mb(pid: int) -> float | None:
-    """A process's peak resident memory (Linux's VmHWM; None elsewhere)."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return None
 
 
 @contextlib.contextmanager
@@ -379,7 +399,7 @@ def run(params: Params) -> dict:
         malformed = malformed_requests(url, model_id)
         alive = httpx.get(f"{url}/health", timeout=10).status_code == 200
         elsewhere = reachable_elsewhere(port)
-        server_memory = peak_memory_mb(server.pid)
+        server_memory = process_peak_mb(server.pid)
 
     baseline = fastest(baseline_runs)
     print(f"serve: sequential generate: {baseline['requests_per_s']} req/s, {baseline['output_tokens_per_s']} tok/s")

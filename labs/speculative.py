@@ -6,12 +6,9 @@
 The draft is the distilled student (`distill`: same tokenizer, 14x fewer parameters). Measured against plain
 decoding of the same prompts, one prompt at a time (assisted generation works on batch 1). Every variant
 decodes a prompt back to back with the others, in an order that flips from prompt to prompt, for `rounds`
-passes over the prompts; a variant's tokens/s are its tokens over its seconds in all of them. This machine's
-speed drifts (one plain-greedy pass over the 64 prompts took 1.7 to 2.9 s across the rounds of one run), and
-timing the variants side by side on each prompt keeps that out of their ratios. Whole passes of one variant
-after another put 16 drafted at 1.34x in one run and 1.15x in the next (`-S 'speculative.draft_tokens=[6,8,12,16]'`,
-then `[8,16,24,48]`); side by side, three runs gave the best 1.20x, 1.21x and 1.23x (on the earlier 4-layer
-target):
+passes over the prompts; a variant's tokens/s are its tokens over its seconds in all of them. A shared
+machine's speed drifts within a run, and timing the variants side by side on each prompt keeps that drift out of
+their ratios (whole passes of one variant after another do not: docs/decisions.md):
   * greedy: plain vs assisted with `draft_tokens` proposals per target forward, and prompt lookup decoding
     (candidates copied from the prompt: no draft model). Greedy outputs must be identical to plain greedy:
     `identical_pct` checks it token for token,
@@ -29,13 +26,44 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from transformers.generation import candidate_generator
 
-from labs.core.config import Params
-from labs.core.data import read_jsonl
+from labs.core.config import SEED, Section, view
+from labs.core.data import chat_prompt, read_jsonl
+from labs.core.evaluation import MeasureParams
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
+
+
+class SpeculativeParams(Section):
+    """Assisted generation with a draft model, and prompt lookup decoding, against plain decoding."""
+
+    target: str = "sft"  # directories under models/
+    draft: str = "distill/student"  # same tokenizer, several times smaller
+    draft_tokens: list[Annotated[int, Field(gt=0)]] = [4, 8, 16]  # tokens the draft proposes per target forward
+    # constant: exactly draft_tokens each time; heuristic: transformers grows / shrinks it with acceptance
+    schedule: Literal["constant", "heuristic"] = "constant"
+    prompt_lookup_tokens: int = Field(10, gt=0)
+    temperature: float = Field(0.7, gt=0)  # the sampled comparison
+    prompts: int = Field(64, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    rounds: int = Field(3, gt=0)
+
+
+# the keys of the evaluate section this lab's held-out measurements use
+Measurement = view(MeasureParams, "precision")
+
+
+class Params(Section):
+    """What speculative reads from params.yaml."""
+
+    seed: int = SEED
+    speculative: SpeculativeParams = SpeculativeParams()
+    evaluate: Measurement = Measurement()
+
 
 PREPARED, MODELS = Path("data/prepared"), Path("models")
 
@@ -108,18 +136,9 @@ def decode_one(target, tokenizer, batch, max_new_tokens: int, seed: int, **knobs
     return ids[0, batch["input_ids"].shape[1]:].tolist(), time.perf_counter() - started
 
 
-def run(params: Params) -> dict:
-    cfg = params.speculative
-    target_path = require(MODELS / cfg.target, "config.json", cfg.target)
-    draft_path = require(MODELS / cfg.draft, "config.json", "distill")
-    tokenizer = load_tokenizer(target_path)
-    target = load_model(target_path, params.evaluate.precision).eval()
-    draft = load_model(draft_path, params.evaluate.precision).eval()
-    prompts = [r["prompt"] for r in read_jsonl(PREPARED / "sft_test.jsonl", "sft")][:cfg.prompts]
-    batches = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                       add_generation_prompt=True),
-                         return_tensors="pt", add_special_tokens=False).to(target.device) for prompt in prompts]
-
+def decoding_variants(cfg: SpeculativeParams, draft) -> dict[str, tuple[dict, int | None]]:
+    """name -> (generate knobs, draft tokens per call or None): plain, assisted at each draft length, prompt
+    lookup, and the sampled pair."""
     greedy = {"do_sample": False}
     sampled = {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0}
     variants: dict[str, tuple[dict, int | None]] = {"greedy": (greedy, None)}
@@ -129,6 +148,13 @@ def run(params: Params) -> dict:
     # the most proposals: each draft call has a fixed cost that few tokens repay least (4 drafted is the slowest)
     most = max(cfg.draft_tokens)
     variants[f"sampling_assisted_{most}"] = (sampled | {"assistant_model": draft}, most)
+    return variants
+
+
+def measure(params: Params, target, draft, tokenizer, batches: list, variants: dict) -> tuple[dict, dict]:
+    """Every variant on every prompt, `rounds` times, alternating the order: each variant's summed time, tokens
+    and counts, and its first round's outputs."""
+    cfg = params.speculative
 
     def decode(name: str, i: int) -> tuple[list[int], float, dict]:
         knobs, draft_tokens = variants[name]
@@ -157,30 +183,48 @@ def run(params: Params) -> dict:
                     total[key] += count
                 if round_ == 0:
                     outputs[name].append(ids)
+    return totals, outputs
 
-    rows = []
-    for name, total in totals.items():
-        baseline = totals["sampling" if name.startswith("sampling") else "greedy"]
-        row = {
-            "name": name,
-            "tokens": total["tokens"],
-            "tokens_per_s": round(total["tokens"] / total["seconds"], 1),
-            "speedup": round(baseline["seconds"] / total["seconds"] * total["tokens"] / baseline["tokens"], 3),
-            "acceptance_pct": round(100 * total["accepted"] / total["proposed"], 2) if total["proposed"] else None,
-            # every verification step is one target forward (the first one also reads the prompt)
-            "tokens_per_target_forward": round(total["tokens"] / total["steps"], 3) if total["steps"] else None,
-        }
-        # where the time goes: forwards per prompt and milliseconds per forward (a first one reads the prompt)
-        decoded = cfg.rounds * len(prompts)
-        for model in ("target", "draft"):
-            calls = total[f"{model}_forwards"]
-            row[f"{model}_forwards_per_prompt"] = round(calls / decoded, 2)
-            row[f"{model}_ms_per_forward"] = round(1000 * total[f"{model}_forward_s"] / calls, 3) if calls else None
-        if not name.startswith("sampling"):
-            row["identical_pct"] = round(100 * sum(a == b for a, b in zip(outputs[name], outputs["greedy"],
-                                                                          strict=True)) / len(prompts), 2)
-        rows.append(row)
-        print(f"speculative: {name}: {row['tokens_per_s']} tok/s, speedup {row['speedup']}x, acceptance "
+
+def variant_row(name: str, totals: dict, outputs: dict, decoded: int) -> dict:
+    """One variant's line of the table: speed against its plain counterpart, acceptance, forwards."""
+    total = totals[name]
+    baseline = totals["sampling" if name.startswith("sampling") else "greedy"]
+    row = {
+        "name": name,
+        "tokens": total["tokens"],
+        "tokens_per_s": round(total["tokens"] / total["seconds"], 1),
+        "speedup": round(baseline["seconds"] / total["seconds"] * total["tokens"] / baseline["tokens"], 3),
+        "acceptance_pct": round(100 * total["accepted"] / total["proposed"], 2) if total["proposed"] else None,
+        # every verification step is one target forward (the first one also reads the prompt)
+        "tokens_per_target_forward": round(total["tokens"] / total["steps"], 3) if total["steps"] else None,
+    }
+    # where the time goes: forwards per prompt and milliseconds per forward (a first one reads the prompt)
+    for model in ("target", "draft"):
+        calls = total[f"{model}_forwards"]
+        row[f"{model}_forwards_per_prompt"] = round(calls / decoded, 2)
+        row[f"{model}_ms_per_forward"] = round(1000 * total[f"{model}_forward_s"] / calls, 3) if calls else None
+    if not name.startswith("sampling"):
+        same = sum(a == b for a, b in zip(outputs[name], outputs["greedy"], strict=True))
+        row["identical_pct"] = round(100 * same / len(outputs["greedy"]), 2)
+    return row
+
+
+def run(params: Params) -> dict:
+    cfg = params.speculative
+    target_path = require(MODELS / cfg.target, "config.json", cfg.target)
+    draft_path = require(MODELS / cfg.draft, "config.json", "distill")
+    tokenizer = load_tokenizer(target_path)
+    target = load_model(target_path, params.evaluate.precision).eval()
+    draft = load_model(draft_path, params.evaluate.precision).eval()
+    prompts = [r["prompt"] for r in read_jsonl(PREPARED / "sft_test.jsonl", "sft")][:cfg.prompts]
+    batches = [tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
+               .to(target.device) for prompt in prompts]
+
+    totals, outputs = measure(params, target, draft, tokenizer, batches, decoding_variants(cfg, draft))
+    rows = [variant_row(name, totals, outputs, cfg.rounds * len(prompts)) for name in totals]
+    for row in rows:
+        print(f"speculative: {row['name']}: {row['tokens_per_s']} tok/s, speedup {row['speedup']}x, acceptance "
               f"{row['acceptance_pct']}%, identical {row.get('identical_pct')}%")
     assisted = [r for r in rows if r["name"].startswith("assisted_")]
     fastest = max(assisted, key=lambda r: r["speedup"])

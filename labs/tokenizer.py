@@ -14,13 +14,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from labs.core.config import Params
+from labs.core.config import Section
 from labs.core.data import read_jsonl
 from labs.core.models import CHAT_TEMPLATE, END_OF_TURN, SPECIAL_TOKENS
 from labs.core.run import atomic_path
+
+
+class TokenizerParams(Section):
+    vocab_size: int = Field(512, ge=64)
+    min_frequency: int = Field(2, ge=1)
+
+
+class Params(Section):
+    """What tokenizer reads from params.yaml."""
+
+    tokenizer: TokenizerParams = TokenizerParams()
+
 
 PREPARED, OUT = Path("data/prepared"), Path("models/tokenizer")
 

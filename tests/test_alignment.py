@@ -60,7 +60,7 @@ def test_grpo_raises_reward(built):
     grpo = load(built / "metrics/grpo.json")
     assert grpo["reward_last"] > grpo["reward_first"] and grpo["correct_last"] > grpo["correct_first"], grpo
     assert grpo["exact_match"]["overall"] >= grpo["exact_match_before"]["overall"] - 5, "greedy answers hold up"
-    assert 0 <= grpo["sampled_exact_match"] <= 100 and 0 <= grpo["kl_to_sft"] < 5
+    assert 0 < grpo["kl_to_sft"] < 5, "the policy moved from the SFT model, and not far"
     assert (built / "plots/grpo/metrics/train/reward.tsv").exists()
 
 

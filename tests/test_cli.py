@@ -88,7 +88,7 @@ def test_held_out_instances_never_appear_in_training_files(workspace):
 
 
 def test_readme_results_are_generated_from_committed_metrics():
-    proc = run([sys.executable, "-m", "labs.results", "--check"], cwd=ROOT, check=False)
+    proc = run([sys.executable, "-m", "labs.tools.results", "--check"], cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
 
 

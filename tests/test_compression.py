@@ -94,7 +94,7 @@ def test_compression_table_measures_every_row(built):
     assert rows["distilled + nf4"]["memory_mb"] < rows["distilled"]["memory_mb"] < fp32["memory_mb"]
     assert rows["pruned 70pct"]["nonzero_parameters"] < 0.5 * fp32["nonzero_parameters"]
     for name, row in rows.items():
-        assert row["tokens_per_s"]["batch_1"] > 0 and 0 <= row["exact_match"]["overall"] <= 100, name
+        assert row["tokens_per_s"]["batch_1"] > 0 and row["exact_match"]["overall"] > 0, f"{name} still answers"
     assert quantize["qat"]["train_time_s"] > 0
     # GGUF in llama.cpp's runtime: its tokenizer splits every prompt as ours, q4_0 < q8_0 < f16 on disk, and the
     # answers survive (measured here: 92.5 / 92.5 / 92.25 EM against fp32's 92.5 on the full curriculum)

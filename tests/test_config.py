@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labs.core.config import ConfigError, load_params
+from labs.core.config import ConfigError
+from labs.registry import all_params as load_params
+from labs.registry import lab_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +44,7 @@ def test_cli_override_parses_yaml_values(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("sft:\n  lr: fast\n", "params.yaml: sft.lr: expected a number, got 'fast'"),
     ("sft:\n  lrr: 0.1\n", "params.yaml: sft.lrr: unknown key"),
-    ("sftt:\n  lr: 0.1\n", "params.yaml: sftt: unknown key"),
+    ("sftt:\n  lr: 0.1\n", "params.yaml: sftt: unknown section (expected one of attention, data"),
     ("tier: tpu\n", "params.yaml: tier: unknown tier 'tpu' (expected one of cpu, t4, a100)"),
     ("sft:\n  batch_size: 0\n", "params.yaml: sft.batch_size: input should be greater than 0, got 0"),
     ("sft:\n  precision: fp8\n", "params.yaml: sft.precision: expected one of 'fp32', 'fp16' or 'bf16', got 'fp8'"),
@@ -81,3 +83,16 @@ def test_peft_params_are_checked(tmp_path, text, expected):
     with pytest.raises(ConfigError) as error:
         load_params(write(tmp_path, text))
     assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_lab_reads_and_checks_only_its_own_sections(tmp_path):
+    path = write(tmp_path, "sft:\n  lr: 0.002\nevaluate:\n  models: [sft]\n  batch_size: 8\ndpo:\n  lr: 0.1\n")
+    params = lab_params("sft", path)
+    assert set(type(params).model_fields) == {"seed", "tier", "sft", "evaluate"}
+    # sft reads two keys of the evaluate section; the models list is evaluate's own concern
+    assert (params.sft.lr, params.evaluate.batch_size) == (0.002, 8) and not hasattr(params.evaluate, "models")
+    with pytest.raises(ConfigError, match="sft.lr: expected a number"):
+        lab_params("sft", path, ["sft.lr=fast"])
+    # a misspelt section fails for every lab, though none reads it
+    with pytest.raises(ConfigError, match="sftt: unknown section"):
+        lab_params("dpo", path, ["sftt.lr=1"])

@@ -70,3 +70,12 @@ def test_ranks_own_samples_compares_right_and_wrong_answers_to_the_same_prompt_o
     # Across prompts the wrong 9 would beat every right answer: it must not be compared with them.
     assert ranks_own_samples(prompts, scores, correct) == {"accuracy": 33.33, "pairs": 3}
     assert ranks_own_samples(["p"], [1.0], [True]) == {"accuracy": None, "pairs": 0}
+
+
+def test_win_rate_counts_a_tie_half_whether_the_answers_or_only_their_scores_agree():
+    from labs.core.evaluation import win_rate
+
+    # a win, a loss, the same answer scored a hair apart (batch padding), and two answers scored alike
+    result = win_rate([0.9, 0.1, 0.5000001, 0.3], [0.2, 0.8, 0.5, 0.3], ["a", "b", "c", "d"], ["x", "y", "c", "z"])
+    assert result == {"win_rate": 50.0, "wins": 1, "losses": 1, "ties": 2}
+    assert win_rate([1.0], [0.0], ["same"], ["same"])["ties"] == 1, "an identical answer is a tie whatever its score"

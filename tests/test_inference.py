@@ -32,7 +32,7 @@ def test_decoding_strategies_trade_exact_match_for_diversity(built):
     # the re-rankers keep the answer the reward model likes best: their mean reward beats plain sampling's
     assert rows["best_of_4"]["reward"] > rows["temperature_1.0"]["reward"]
     for row in rows.values():
-        assert row["tokens_per_s"] > 0 and 0 <= row["distinct_2"] <= 100 and row["reward"] is not None
+        assert row["tokens_per_s"] > 0 and row["distinct_2"] > 0 and row["reward"] is not None
     assert (built / "plots/decode/table.csv").read_text().count("\n") == 1 + len(rows)
 
 

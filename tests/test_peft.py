@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from labs.core.evaluation import peft_comparison
 from tests.conftest import lab
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,7 @@ def test_qlora_trains_lora_on_a_4bit_base(built):
 
 
 def test_peft_table_has_a_row_per_method_and_every_adapter_is_smaller(built):
-    table = load(built / "metrics/peft_methods.json")["table"]
+    table = peft_comparison(built / "metrics")
     assert [r["method"] for r in table] == ["full SFT", "lora", "qlora", "dora", "prefix", "prompt", "ia3"]
     full = table[0]
     assert full["trainable_pct"] == 100
@@ -95,7 +96,7 @@ def test_a_method_with_seeds_reports_exact_match_over_each_seed(built):
     assert abs(spread["overall_mean"] - sum(runs) / 2) < 0.01
     assert abs(spread["overall_sd"] - abs(runs[0] - runs[1]) / 2 ** 0.5) < 0.01
     assert (built / "plots/peft_methods/dora/seed-1").is_dir(), "the rerun's loss curves beside the first run's"
-    rows = {r["method"]: r for r in peft["table"]}
+    rows = {r["method"]: r for r in peft_comparison(built / "metrics")}
     assert rows["dora"]["exact_match_seeds"]["seeds"] == [1337, 1]
     assert rows["prefix"]["exact_match_seeds"] is None and "seed_spread" not in peft["methods"]["prefix"]
 
@@ -130,8 +131,7 @@ def test_gradients_reach_every_4bit_layer_after_an_evaluation_pass(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from labs.core.config import QLoraParams
-    from labs.qlora import load_quantized
+    from labs.qlora import QLoraParams, load_quantized
 
     config = LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                          num_key_value_heads=2, intermediate_size=128)

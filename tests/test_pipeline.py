@@ -17,6 +17,9 @@ from tests.conftest import PINNED, lab, lab_env, run
 pytestmark = pytest.mark.slow
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -72,6 +75,61 @@ def test_dvc_repro_right_after_is_a_noop(built_copy):
     assert "Running stage" not in proc.stdout
     assert time.perf_counter() - start < 30
     assert "up to date" in run(["dvc", "status"], cwd=built_copy).stdout
+
+
+def stale(ws: Path) -> set[str]:
+    """The stages `dvc status` says must run again."""
+    return {name.split(":")[-1] for name in json.loads(run(["dvc", "status", "--json"], cwd=ws).stdout)}
+
+
+def importers(module: str) -> set[str]:
+    from labs.tools.stages import code_deps
+
+    return {name for name in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"] if module in code_deps(name)}
+
+
+def test_an_edit_makes_stale_exactly_the_stages_that_read_it(built_copy):
+    """A stage depends on its own module, the core modules it imports and the params it reads, nothing else:
+    editing one lab re-runs that lab, editing a core module re-runs exactly the labs that import it."""
+    for path, expected in (("labs/dpo.py", {"dpo"}), ("labs/core/adapters.py", importers("labs/core/adapters.py")),
+                           ("labs/core/train.py", importers("labs/core/train.py"))):
+        original = (built_copy / path).read_text()
+        (built_copy / path).write_text(original + "# an edit\n")
+        assert stale(built_copy) == expected, path
+        (built_copy / path).write_text(original)
+    assert importers("labs/core/adapters.py") == {"lora", "qlora", "peft_methods"}
+    original = (built_copy / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["dpo"]["lr"] *= 2
+    (built_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stale(built_copy) == {"dpo"}
+    params["evaluate"]["models"] = ["sft"]  # evaluate's own key: the labs that read other evaluate keys stay
+    (built_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stale(built_copy) == {"dpo", "evaluate"}
+    (built_copy / "params.yaml").write_text(original)
+    assert stale(built_copy) == set()
+
+
+@pytest.mark.long(90)
+def test_forced_sft_rerun_at_a_later_commit_leaves_its_hash_and_downstream_alone(built_copy):
+    """Outputs are a pure function of inputs: re-running sft at a commit that changed none of its inputs gives
+    the same bytes, so DVC keeps every stage downstream of it up to date."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(["git", "add", "-A"], cwd=built_copy)
+    run([*git, "commit", "-qm", "built"], cwd=built_copy)
+    def outputs() -> dict:  # what sft's stage records of its model and curves (its metrics hold timings)
+        outs = yaml.safe_load((built_copy / "dvc.lock").read_text())["stages"]["sft"]["outs"]
+        return {out["path"]: out["md5"] for out in outs if not out["path"].startswith("metrics/")}
+
+    recorded = outputs()
+    assert set(recorded) == {"models/sft", "plots/sft"}
+    (built_copy / "labs/dpo.py").write_text((built_copy / "labs/dpo.py").read_text() + "# a later change\n")
+    run([*git, "commit", "-qam", "later"], cwd=built_copy)
+    # the thread count the build ran sft with: it decides the order of float sums, so it is part of the input
+    proc = run(["dvc", "repro", "--force", "--single-item", "sft"], cwd=built_copy, env={"LAB_THREADS": "1"})
+    assert "Running stage 'sft'" in proc.stdout
+    assert outputs() == recorded
+    assert stale(built_copy) == {"dpo"}
 
 
 def test_just_lab_refreshes_evaluate_only_when_nothing_else_must_be_built(built_copy):

@@ -107,6 +107,12 @@ def user_turn(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 
 
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """`prompt` as a user turn in the tokenizer's chat template, followed by the opening of the assistant's:
+    the text a model continues with its answer."""
+    return tokenizer.apply_chat_template(user_turn(prompt), tokenize=False, add_generation_prompt=True)
+
+
 def assistant_turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 

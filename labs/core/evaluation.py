@@ -11,9 +11,26 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from labs.core.config import Precision, Section
+from labs.core.data import DataError, chat_prompt
+from labs.core.run import read_metrics
+
+
+class MeasureParams(Section):
+    """The measurement settings every lab's held-out numbers share: the `evaluate` section's first keys, which
+    other labs read through `view(MeasureParams, ...)`."""
+
+    max_new_tokens: int = Field(48, gt=0)  # the longest gold answer (add, with worked steps) fits with room
+    batch_size: int = Field(64, gt=0)  # prompts generated together
+    precision: Precision = "fp32"  # weights' dtype when a lab loads a model to measure it
+    speed_prompts: int = Field(64, gt=0)  # held-out prompts each tokens/s measurement decodes (batch 1: the first 8)
+    speed_rounds: int = Field(3, gt=0)  # interleaved rounds; the best of each model's rounds counts
 
 
 def extract_answer(completion: str) -> str | None:
@@ -44,8 +61,7 @@ def _complete(model, tokenizer, prompts: list[str], max_new_tokens: int, tempera
     """One left-padded batch of chat prompts and the tokens the model appended to it."""
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     model.eval()
-    chats = [[{"role": "user", "content": p}] for p in prompts]
-    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     # Sampling is from the model's own distribution: no top-k / top-p truncation (generation_config
     # defaults would otherwise apply), so KL estimates below are unbiased.
@@ -171,7 +187,6 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int,
     distinct wrong one (checked against the chosen answer's "Answer: X") becomes the rejected side of a pair
     with the chosen answer. This is how RLHF collects comparisons (on the policy's samples), with the task
     world's answer checker as the labeller; the file's curated slips are often ones the model would not make."""
-    from labs.core.data import DataError
 
     repeated = [r for r in rows for _ in range(samples_per_prompt)]
     samples, _ = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens, batch_size,
@@ -258,8 +273,42 @@ def results_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def peft_row(name: str, m: dict) -> dict:
+    """One row of the PEFT comparison from a lab's metrics (full SFT ships the whole model as its 'adapter')."""
+    return {
+        "method": name,
+        "trainable_parameters": m["trainable_parameters"],
+        "trainable_pct": round(100 * m["trainable_parameters"] / m["parameters"], 3),
+        "peak_rss_mb": m["run"]["peak_rss_mb"],
+        "peak_gpu_mb": m["run"].get("peak_gpu_mb"),
+        "train_time_s": m["train_time_s"],
+        "wall_time_s": m["run"]["wall_time_s"],
+        "adapter_mb": m.get("adapter_mb", m.get("weights_mb")),
+        "exact_match": m["exact_match"]["overall"],
+        # over every seed the method was trained with (the single run's included); absent: one seed only
+        "exact_match_seeds": {key: m["seed_spread"][key] for key in ("seeds", "overall_mean", "overall_sd",
+                                                                       "overall_min", "overall_max")}
+        if "seed_spread" in m else None,
+        "val_loss": m["val_loss"],
+        "corpus_perplexity": m.get("corpus_perplexity"),
+    }
+
+
+def peft_comparison(metrics_dir: str | Path = "metrics") -> list[dict]:
+    """The PEFT table's rows: full SFT, lora and qlora from their labs' metrics, then every method of
+    peft_methods (a lab that has not run has no row)."""
+    rows = []
+    for lab in ("sft", "lora", "qlora"):
+        if m := read_metrics(lab, metrics_dir):
+            rows.append(peft_row({"sft": "full SFT", "lora": m.get("method"), "qlora": f"q{m.get('method')}"}[lab], m))
+    methods = (read_metrics("peft_methods", metrics_dir) or {}).get("methods", {})
+    # metrics files sort their keys; the table lists the methods in the order `lora.method` names them
+    order = ["lora", "dora", "prefix", "prompt", "ia3"]
+    return rows + [peft_row(name, methods[name]) for name in sorted(methods, key=order.index)]
+
+
 def peft_table(rows: list[dict]) -> str:
-    """Markdown table of the PEFT comparison (metrics/peft_methods.json's "table")."""
+    """Markdown table of the PEFT comparison (`peft_comparison`'s rows)."""
     gpu = any(r["peak_gpu_mb"] is not None for r in rows)
     head = ["method", "trainable params", "trainable %", "peak RSS MB", *(["peak GPU MB"] if gpu else []),
             "train s", "adapter MB", "EM overall %", "EM over seeds: mean ± sd (min-max, n)", "val loss",
@@ -322,8 +371,7 @@ def decoding_speeds(models: dict, tokenizer, prompts: list[str], new_tokens: int
     of two columns is a fair speedup.
     """
     tokenizer.padding_side = "left"
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
     best: dict[str, dict[str, float]] = {name: {} for name in models}
     for _ in range(rounds):
         for name, model in models.items():
@@ -355,3 +403,15 @@ def compression_table(rows: list[dict]) -> str:
                  f"{r['exact_match']['overall']:.1f}", f"**{r['quality_pct']:.1f}**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def win_rate(mine: list[float], theirs: list[float], my_answers: list[str], their_answers: list[str]) -> dict:
+    """How often a judge scored my answer above theirs to the same prompt, in percent. A tie counts half: the
+    same answer, or scores equal to float precision (one answer's score moves in its last bits with the batch's
+    padding, so an exact == would split identical answers into wins and losses)."""
+    a, b = np.asarray(mine, dtype=float), np.asarray(theirs, dtype=float)
+    same = np.array([x == y for x, y in zip(my_answers, their_answers, strict=True)]) | np.isclose(a, b)
+    wins, losses = int(((a > b) & ~same).sum()), int(((a < b) & ~same).sum())
+    return {"win_rate": round(100 * (wins + 0.5 * int(same.sum())) / len(a), 2),
+            "wins": wins, "losses": losses, "ties": int(same.sum())}
+

@@ -14,7 +14,7 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from labs.core.config import ModelShape, Params, TrainParams
+from labs.core.config import ModelShape, Section, TrainParams
 from labs.core.data import DataError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -36,12 +36,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def use_gpu(params: Params) -> bool:
+def use_gpu(params) -> bool:
+    """Whether this run uses the GPU: a GPU tier (`params.tier`) on a machine that has one."""
     return params.tier != "cpu" and torch.cuda.is_available()
 
-
-def device_name(params: Params) -> str:
-    return torch.cuda.get_device_name(0) if use_gpu(params) else "cpu"
 
 
 def require(path: str | Path, marker: str, produced_by: str) -> Path:
@@ -145,7 +143,7 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def trainer_kwargs(params: Params, train: TrainParams, output_dir: Path) -> dict:
+def trainer_kwargs(params: Section, train: TrainParams, output_dir: Path) -> dict:
     """TrainingArguments shared by every trainer (TRL configs accept the same keywords).
 
     TRL configs default to bf16 and gradient checkpointing: on this kind of CPU bf16 is ~19x slower and

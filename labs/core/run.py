@@ -42,6 +42,13 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def device_name(tier: str) -> str:
+    """What a run of this tier computes on: the GPU's name on a GPU tier with a GPU, else "cpu"."""
+    import torch
+
+    return torch.cuda.get_device_name(0) if tier != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path):
     """Yield a temporary sibling of `dest`; on success it replaces `dest`, on failure it is removed.
@@ -78,6 +85,12 @@ def write_json(path: str | Path, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_metrics(lab: str, metrics_dir: str | Path = "metrics") -> dict | None:
+    """metrics/<lab>.json as written by the lab's last run; None when it has not run."""
+    path = Path(metrics_dir) / f"{lab}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
     """A table for `dvc plots` and the report's charts; None becomes an empty cell."""
     lines = [",".join(header)] + [",".join("" if v is None else str(v) for v in row) for row in rows]
@@ -110,13 +123,19 @@ def git_revision() -> str:
     return rev.strip() + ("-dirty" if dirty.strip() else "")
 
 
+def process_peak_mb(pid: int | str = "self") -> float | None:
+    """A process's peak resident memory in MiB (Linux's VmHWM, which reset_peak_memory can reset; None elsewhere
+    or when the process is gone)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        status = Path(f"/proc/{pid}/status").read_text()
+        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+    return None
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory since start or since the last reset_peak_memory(), in MiB."""
-    try:  # VmHWM can be reset (a lab that trains several models measures each); ru_maxrss cannot
-        status = Path("/proc/self/status").read_text()
-        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
-    except (OSError, IndexError, ValueError):
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    peak = process_peak_mb()  # resettable (a lab that trains several models measures each); ru_maxrss is not
+    return peak if peak is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def peak_gpu_mb() -> float | None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from labs.core.config import load_params
 from labs.core.data import read_jsonl
 from labs.core.evaluation import decoding_speeds, tensor_bytes
 from labs.core.models import load_model, load_tokenizer, require
 from labs.core.run import seed_everything
+from labs.registry import all_params
 
 BENCHES = {"compression": "tokens/s and memory of the SFT model, the distilled student and the quantized models",
            "kernels": "training steps/s with the CPU kernels pinned to AVX2 (the default) and with LAB_FAST_KERNELS=1"}
@@ -46,7 +46,7 @@ print(torch.backends.cpu.get_cpu_capability(), steps / (time.perf_counter() - st
 
 
 def compression(rounds: int = 15) -> str:
-    params = load_params()
+    params = all_params()
     seed_everything(params.seed)
     sft = require(Path("models/sft"), "config.json", "sft")
     tokenizer = load_tokenizer(sft)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import subprocess
 from pathlib import Path
 
@@ -21,17 +20,17 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from labs.__main__ import LABS  # noqa: E402  (curriculum order)
-from labs.core.run import atomic_path  # noqa: E402
-from labs.results import markdown_table  # noqa: E402
+from labs.core.evaluation import peft_comparison  # noqa: E402
+from labs.core.run import atomic_path, read_metrics  # noqa: E402
+from labs.registry import LABS  # noqa: E402  (curriculum order)
+from labs.tools.results import markdown_table  # noqa: E402
 
 METRICS, PLOTS, OUT = Path("metrics"), Path("plots"), Path("report")
 FAMILIES = ["add", "sort", "reverse", "compare"]
 
 
 def load(name: str) -> dict | None:
-    path = METRICS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_metrics(name, METRICS)
 
 
 def read_tsv(path: Path) -> tuple[list[float], list[float]]:
@@ -69,7 +68,7 @@ def compression_table(quantize: dict) -> tuple[str, list[str], list[list]]:
     return "Compression: memory, quality and speed (`quantize`)", header, rows
 
 
-def peft_table(peft: dict) -> tuple[str, list[str], list[list]]:
+def peft_table(comparison: list[dict]) -> tuple[str, list[str], list[list]]:
     header = ["method", "trainable %", "adapter MB", "EM overall", "EM over seeds (mean ± sd, n)", "validation loss",
               "train time s"]
 
@@ -77,7 +76,7 @@ def peft_table(peft: dict) -> tuple[str, list[str], list[list]]:
         return f"{seeds['overall_mean']} ± {seeds['overall_sd']} ({len(seeds['seeds'])})" if seeds else ""
 
     rows = [[r["method"], r["trainable_pct"], r["adapter_mb"], r["exact_match"], spread(r.get("exact_match_seeds")),
-             r["val_loss"], r["train_time_s"]] for r in peft["table"]]
+             r["val_loss"], r["train_time_s"]] for r in comparison]
     return "Parameter-efficient fine-tuning (`peft_methods`)", header, rows
 
 
@@ -158,9 +157,9 @@ def charts(out: Path, metrics: dict) -> list[Path]:
         made.append(barh_chart(out, "compression", "Compression: weight memory (label: exact-match)",
                                [f"{r['name']} (EM {r['exact_match']['overall']})" for r in quantize["rows"]],
                                [r["memory_mb"] for r in quantize["rows"]], "memory MB"))
-    if peft := metrics.get("peft_methods"):
-        made.append(scatter_chart(out, "peft", "PEFT: trainable share against exact-match",
-                                  {r["method"]: (r["trainable_pct"], r["exact_match"]) for r in peft["table"]},
+    if metrics.get("peft_methods"):
+        shares = {r["method"]: (r["trainable_pct"], r["exact_match"]) for r in peft_comparison(METRICS)}
+        made.append(scatter_chart(out, "peft", "PEFT: trainable share against exact-match", shares,
                                   "trainable parameters %", "EM %"))
     if metrics.get("decode"):
         made.append(scatter_chart(out, "decoding", "Decoding: diversity against exact-match",
@@ -191,7 +190,7 @@ def build() -> dict:
     if "quantize" in metrics:
         tables.append(compression_table(metrics["quantize"]))
     if "peft_methods" in metrics:
-        tables.append(peft_table(metrics["peft_methods"]))
+        tables.append(peft_table(peft_comparison(METRICS)))
     if not tables:
         raise SystemExit("error: metrics/: no evaluate, quantize or peft_methods metrics yet (run `just repro`)")
 

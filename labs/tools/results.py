@@ -1,40 +1,37 @@
 """Regenerate the README's results table from metrics/ (never typed by hand).
 
     just results                      # rewrite the table between the markers in README.md
-    python -m labs.results --check    # exit 1 if README.md is out of date with metrics/
+    python -m labs.tools.results --check    # exit 1 if README.md is out of date with metrics/
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from labs.__main__ import LABS
-from labs.core.evaluation import compression_table, peft_table, results_table
+from labs.core.evaluation import compression_table, peft_comparison, peft_table, results_table
+from labs.core.run import read_metrics
+from labs.registry import LABS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def render(metrics_dir: Path = Path("metrics")) -> str:
-    evaluation = json.loads((metrics_dir / "evaluate.json").read_text())["models"]
+    evaluation = read_metrics("evaluate", metrics_dir)["models"]
     order = list(LABS)  # metrics files sort their keys; the table follows the curriculum
     evaluation = dict(sorted(evaluation.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99))
     lines = [results_table(evaluation), ""]
     lines += similarity(evaluation)
     for lab in ("pretrain", "sft"):
-        path = metrics_dir / f"{lab}.json"
-        if path.exists():
-            m = json.loads(path.read_text())
+        if m := read_metrics(lab, metrics_dir):
             lines.append(f"- `{lab}`: validation loss {m['val_loss_before']} → {m['val_loss']} in "
                          f"{m['steps']} steps, {m['run']['wall_time_s']} s on {m['run']['device']} "
                          f"({m['run']['threads']} threads, peak RSS {m['run']['peak_rss_mb']} MB).")
-    peft = metrics_dir / "peft_methods.json"
-    if peft.exists():
+    if read_metrics("peft_methods", metrics_dir):
         lines += ["", "PEFT methods beside full SFT (`just lab peft_methods`), on the same data; each "
                   "method's epochs and learning rate are in `params.yaml`:", "",
-                  peft_table(json.loads(peft.read_text())["table"])]
-        lora = json.loads((metrics_dir / "lora.json").read_text())
+                  peft_table(peft_comparison(metrics_dir))]
+        lora = read_metrics("lora", metrics_dir)
         shares = ", ".join(f"{share['trainable_pct']:.2f}% of {name} ({share['parameters'] / 1e6:.1f}M)"
                            for name, share in lora["trainable_share_by_model"].items() if name != "this base")
         lines += ["", f"- The same `{lora['method']}` config trains {shares}: counted on the real architectures."]
@@ -65,12 +62,8 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 def inference(metrics_dir: Path) -> list[str]:
     """decode's table, and one line each for attention, speculative and serve: ratios from one run each."""
-    def load(lab):
-        path = metrics_dir / f"{lab}.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
     lines = []
-    if decode := load("decode"):
+    if decode := read_metrics("decode", metrics_dir):
         lines += ["", f"Decoding strategies of the `{decode['model']}` model on {decode['prompts']} held-out prompts "
                   "(`just lab decode`; diversity: % of re-runs with fresh seeds that gave a new answer):", ""]
         lines += markdown_table(
@@ -79,7 +72,7 @@ def inference(metrics_dir: Path) -> list[str]:
               f"{r['distinct_2']:.1f}", f"{r['repetition']:.1f}",
               "–" if r["reward"] is None else f"{r['reward']:.3f}", f"{r['tokens_per_s']:.0f}"]
              for r in decode["strategies"]])
-    if attention := load("attention"):
+    if attention := read_metrics("attention", metrics_dir):
         cases = {}
         for r in attention["rows"]:
             cases.setdefault((r["prompt_tokens"], r["new_tokens"]), []).append(r)
@@ -93,7 +86,7 @@ def inference(metrics_dir: Path) -> list[str]:
         lines += ["", f"- `attention` ({size}): "
                   f"KV cache (dynamic) vs none — {'; '.join(parts)}; greedy tokens identical in every row: "
                   f"{all(r['same_tokens_as_reference'] for r in attention['rows'])}."]
-    if spec := load("speculative"):
+    if spec := read_metrics("speculative", metrics_dir):
         rows = {r["name"]: r for r in spec["variants"]}
         assisted = ", ".join(f"{n.removeprefix('assisted_')} drafted: {r['speedup']}× at {r['acceptance_pct']}% "
                              f"acceptance ({r['tokens_per_target_forward']} tokens per target forward)"
@@ -108,7 +101,7 @@ def inference(metrics_dir: Path) -> list[str]:
                         f"({rows[spec['best_assisted']['name']]['draft_ms_per_forward']} vs "
                         f"{rows['greedy']['target_ms_per_forward']} ms)."
                         if (cost := spec["best_assisted"].get("draft_forward_cost_vs_target")) else ""))
-    if serve := load("serve"):
+    if serve := read_metrics("serve", metrics_dir):
         seq = serve["sequential_generate"]
         levels = "; ".join(f"{lv['concurrency']}: {lv['requests_per_s']} req/s, {lv['output_tokens_per_s']:.0f} tok/s "
                            f"(**{lv['throughput_vs_sequential']}×**), p50/p95/p99 {lv['latency_ms_p50']:.0f}/"
@@ -127,21 +120,19 @@ def inference(metrics_dir: Path) -> list[str]:
 
 def compression(metrics_dir: Path) -> list[str]:
     """The compression table (every row measured in one `quantize` run) and what distill and prune showed."""
-    path = metrics_dir / "quantize.json"
-    if not path.exists():
+    quantize = read_metrics("quantize", metrics_dir)
+    if not quantize:
         return []
     lines = ["", "Compression of the SFT model (`just lab distill|prune|quantize`; every row measured in the "
-             "`quantize` run, tokens/s side by side):", "", compression_table(json.loads(path.read_text())["rows"])]
-    if (distill_path := metrics_dir / "distill.json").exists():
-        d = json.loads(distill_path.read_text())
+             "`quantize` run, tokens/s side by side):", "", compression_table(quantize["rows"])]
+    if d := read_metrics("distill", metrics_dir):
         s, h = d["student"], d["hard_labels"]
         lines += ["", f"- `distill` (T = {d['loss']['temperature']}, α = {d['loss']['alpha']}): a student with "
                   f"{s['parameter_ratio']}× fewer parameters decodes {s['speedup']['batch_1']}× faster at batch 1 "
                   f"({s['speedup']['batch_64']}× at batch 64) and reaches EM **{s['exact_match']['overall']}** "
                   f"({s['quality_pct']}% of the teacher's {d['teacher']['exact_match']['overall']}); the same student "
                   f"on hard labels only: {h['exact_match']['overall']} ({d['run']['wall_time_s']:.0f} s)."]
-    if (prune_path := metrics_dir / "prune.json").exists():
-        p = json.loads(prune_path.read_text())
+    if p := read_metrics("prune", metrics_dir):
         steps = ", ".join(f"{r['sparsity_pct']}% zeros: EM {r['exact_match_before_recovery']['overall']} → "
                           f"{r['exact_match']['overall']}" for r in p["sparsities"].values())
         recovery = next(iter(p["sparsities"].values()))["steps"]
@@ -152,26 +143,22 @@ def compression(metrics_dir: Path) -> list[str]:
 
 def alignment(metrics_dir: Path) -> list[str]:
     """One line per alignment lab: the number that shows its effect, before → after."""
-    def load(lab):
-        path = metrics_dir / f"{lab}.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
     def took(m):
         return f"{m['run']['wall_time_s']:.0f} s"
 
     lines = []
-    if reward := load("reward"):
+    if reward := read_metrics("reward", metrics_dir):
         lines.append(f"- `reward`: held-out pairwise accuracy {reward['accuracy_before']['overall']}% → "
                      f"**{reward['accuracy']['overall']}%**, margin {reward['margin']}; on the SFT model's own "
                      f"samples its score correlates {reward['correctness_correlation']} with correctness and "
                      f"{reward['length_correlation']} with length, and ranks a right answer above a wrong one to the "
                      f"same prompt {reward['ranks_own_samples']['accuracy']}% of the time ({took(reward)}).")
-    if dpo := load("dpo"):
+    if dpo := read_metrics("dpo", metrics_dir):
         lines.append(f"- `dpo` ({dpo['loss']}, {dpo['pairs']} pairs): EM {dpo['exact_match_before']['overall']} → "
                      f"**{dpo['exact_match']['overall']}**, preference accuracy {dpo['preference_accuracy']}%, "
                      f"KL to SFT {dpo['kl_to_sft']}, win rate vs SFT {dpo['win_rate']}% judged by `reward` "
                      f"({dpo['wins']} wins, {dpo['losses']} losses, {dpo['ties']} ties; {took(dpo)}).")
-    if ppo := load("ppo"):
+    if ppo := read_metrics("ppo", metrics_dir):
         gain = ppo["heldout_sampled_reward_gain"]
         lines.append(f"- `ppo`: reward of answers sampled on the held-out prompts "
                      f"{ppo['heldout_sampled_reward_before']} → **{ppo['heldout_sampled_reward']}** (change "
@@ -182,7 +169,7 @@ def alignment(metrics_dir: Path) -> list[str]:
                      f"{ppo['kl_max']}), EM {ppo['exact_match_before']['overall']} → "
                      f"{ppo['exact_match']['overall']}, answer length {ppo['words_before']} → {ppo['words']} words, "
                      f"repetition {ppo['repetition_before']}% → {ppo['repetition']}% ({took(ppo)}).")
-    if grpo := load("grpo"):
+    if grpo := read_metrics("grpo", metrics_dir):
         lines.append(f"- `grpo`: held-out answers sampled as in training (one per prompt) right "
                      f"{grpo['sampled_exact_match_before']}% → **{grpo['sampled_exact_match']}%**, greedy EM "
                      f"{grpo['exact_match_before']['overall']} → **{grpo['exact_match']['overall']}**; training "

@@ -1,0 +1,72 @@
+"""The curriculum: every lab, in order. The single list the CLI, `lab list`, the tables of evaluated models and
+the tests' build order read; `tests/test_registry.py` checks dvc.yaml against it.
+
+A lab NAME is the module `labs/NAME.py` (or the package `labs/NAME/`), the section NAME of params.yaml and the
+DVC stage NAME. Its module defines `Params` (every params.yaml section it reads, its own first) and
+`run(params) -> metrics`. Adding a lab touches its module, one line here, its params.yaml section and its stage.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from pydantic import create_model
+
+from labs.core.config import PARAMS_FILE, ConfigError, Section, View, load_params
+
+# name -> one line. `data` writes data/raw, which data.dvc tracks: the one lab without a stage of its own.
+LABS = {
+    "data": "generate the task world (corpus, SFT, preference, RL prompts) into data/raw",
+    "prepare": "validate data/raw against the data contract and carve validation splits",
+    "tokenizer": "train a byte-level BPE tokenizer with a chat template",
+    "pretrain": "pretrain a tiny Llama from scratch on the corpus (GPU tiers: start from a hub model)",
+    "sft": "supervised fine-tuning with TRL SFTTrainer, loss on completions only",
+    "lora": "the sft task through a PEFT adapter: LoRA, or DoRA / prefix / prompt / (IA)^3 by one param",
+    "qlora": "LoRA on a 4-bit NF4 base quantized by bitsandbytes",
+    "peft_methods": "every PEFT method against full SFT: one table of cost and quality",
+    "reward": "a Bradley-Terry reward model on preference pairs with TRL RewardTrainer",
+    "dpo": "preference optimisation of the SFT model: DPO, or IPO / KTO / ORPO / SimPO by one param",
+    "ppo": "RLHF with PPO: policy, value model, frozen reward model and reference, KL penalty",
+    "grpo": "GRPO with a verifiable reward: exact match of the answer plus a format reward",
+    "distill": "knowledge distillation of the SFT model into a 14x smaller student, against hard labels only",
+    "prune": "magnitude pruning at several sparsities, each with a short recovery fine-tune",
+    "quantize": "int8 / NF4 / torch.ao / torchao quantization and QAT: the compression table",
+    "decode": "decoding strategies side by side: exact-match against diversity, reward and tokens/s",
+    "attention": "attention implementations and KV cache on / off / static: tokens/s and cache memory",
+    "speculative": "assisted generation with the distilled student as draft, and prompt lookup decoding",
+    "serve": "an OpenAI-compatible server (transformers serve) under load against sequential generate",
+    "evaluate": "exact-match per task family and perplexity for every model, one table",
+}
+STAGELESS = {"data"}
+# every top-level key params.yaml may hold: a misspelt section fails instead of being ignored
+SECTIONS = {"seed", "tier", *LABS}
+
+
+def module(name: str):
+    """The lab's module (imports its libraries: torch, transformers, trl ...)."""
+    if name not in LABS:
+        raise ConfigError(f"unknown lab {name!r} (expected one of: {', '.join(LABS)})")
+    return importlib.import_module(f"labs.{name}")
+
+
+def lab_params(name: str, path: str | Path = PARAMS_FILE, overrides: list[str] = ()) -> Section:
+    """What lab `name` reads from params.yaml, validated."""
+    return load_params(module(name).Params, path, overrides, known=SECTIONS)
+
+
+def all_params_schema() -> type[Section]:
+    """Every section of params.yaml with the class of the lab that owns it (a lab's view of another lab's
+    section gives way to the owner's full class)."""
+    fields = {}
+    for name in LABS:
+        for key, field in module(name).Params.model_fields.items():
+            taken = fields.get(key, (None,))[0]
+            if key == name or taken is None or (isinstance(taken, type) and issubclass(taken, View)):
+                fields[key] = (field.annotation, field)
+    return create_model("Params", __base__=Section, **fields)
+
+
+def all_params(path: str | Path = PARAMS_FILE, overrides: list[str] = ()) -> Section:
+    """The whole of params.yaml, validated (tools and tests; a lab reads just its own `Params`)."""
+    return load_params(all_params_schema(), path, overrides, known=SECTIONS)

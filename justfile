@@ -156,7 +156,7 @@ test *ARGS:
 
 # a benchmark: ratios measured side by side in one run (`just bench compression`)
 bench NAME:
-    python -m labs.bench {{NAME}}
+    python -m labs.tools.bench {{NAME}}
 
 # lint
 lint:
@@ -164,11 +164,11 @@ lint:
 
 # regenerate the README's results table from metrics/
 results:
-    python -m labs.results
+    python -m labs.tools.results
 
 # one self-contained HTML page comparing every model, with charts: report/index.html (+ report/summary.md)
 report:
-    python -m labs.report
+    python -m labs.tools.report
 
 # generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic)
 _data:

@@ -46,3 +46,28 @@ def test_a_run_with_other_threads_or_kernels_does_not_resume_and_nested_runs_kee
     monkeypatch.setenv("LAB_THREADS", "2")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx512")
     assert checkpoint_dir("lora", {"lr": 1e-3}, [data]) != first
+
+
+def test_a_saved_tokenizer_does_not_depend_on_whether_the_hub_was_reachable(tmp_path):
+    """HF_HUB_OFFLINE is how one process may reach the hub: a model directory saved under it must hold the same
+    bytes as one saved without it, or DVC's hash of every model would follow the environment."""
+    import os
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|end|>": 0, "<|pad|>": 1, "a": 2}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="a")), eos_token="<|end|>",
+                            pad_token="<|pad|>").save_pretrained(tmp_path / "source")
+    saved = {}
+    for offline in ("1", "0"):
+        out = tmp_path / f"offline-{offline}"
+        script = f"from labs.core.models import load_tokenizer; load_tokenizer({str(tmp_path / 'source')!r})" \
+                 f".save_pretrained({str(out)!r})"
+        env = {**os.environ, "HF_HUB_OFFLINE": offline}
+        subprocess.run([sys.executable, "-c", script], check=True, env=env, capture_output=True)
+        saved[offline] = (out / "tokenizer_config.json").read_text()
+    assert saved["1"] == saved["0"]
+    assert "local_files_only" not in json.loads(saved["1"])

@@ -61,6 +61,9 @@ def load_tokenizer(path: str | Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except OSError as exc:
         raise _unloadable(path, exc) from None
+    # How this process may reach the hub (HF_HUB_OFFLINE) is not a property of the tokenizer: kept out of the
+    # configs it saves, so a model directory does not depend on the environment it was built in
+    tokenizer.init_kwargs.pop("local_files_only", None)
     if tokenizer.pad_token is None:  # many hub models ship without one; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:

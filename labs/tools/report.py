@@ -29,10 +29,6 @@ METRICS, PLOTS, OUT = Path("metrics"), Path("plots"), Path("report")
 FAMILIES = ["add", "sort", "reverse", "compare"]
 
 
-def load(name: str) -> dict | None:
-    return read_metrics(name, METRICS)
-
-
 def read_tsv(path: Path) -> tuple[list[float], list[float]]:
     with path.open() as f:
         rows = list(csv.reader(f, delimiter="\t"))[1:]
@@ -182,7 +178,7 @@ th{background:#f0f0f0}td:first-child{text-align:left}.charts{display:flex;flex-w
 
 def build() -> dict:
     labs = [name for name in LABS if name not in ("data", "prepare", "tokenizer")]  # the ones with results
-    metrics = {name: m for name in labs if (m := load(name)) is not None}
+    metrics = {name: m for name in labs if (m := read_metrics(name, METRICS)) is not None}
     missing = [name for name in labs if name not in metrics]
     tables = []
     if "evaluate" in metrics:

@@ -8,9 +8,12 @@ writes to metrics/<lab>.json with the run's provenance.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from labs.core.config import PARAMS_FILE, ConfigError
+from pydantic_core import to_jsonable_python
+
+from labs.core.config import PARAMS_FILE, ConfigError, Section
 from labs.core.data import CONVERTERS, DataError, convert
 from labs.registry import LABS, lab_params, module
 
@@ -25,6 +28,26 @@ def _usage() -> str:
     )
 
 
+def params_help(schema: type[Section], prefix: str = "") -> list[str]:
+    """One row per key a lab reads: its params.yaml path, its cpu-tier default and its help line."""
+    rows = []
+    for key, field in schema.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            rows += params_help(field.annotation, f"{prefix}{key}.")
+            continue
+        default = json.dumps(to_jsonable_python(field.default))
+        default = default if len(default) <= 32 else default[:29] + "..."
+        rows.append((f"{prefix}{key}", default, field.description))
+    return rows
+
+
+def _params_epilog(schema: type[Section]) -> str:
+    rows = params_help(schema)
+    key_width, value_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    lines = [f"  {key:<{key_width}}  {value:<{value_width}}  {text}" for key, value, text in rows]
+    return "params (params.yaml key, cpu-tier default, what it does):\n" + "\n".join(lines)
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -33,7 +56,8 @@ def _fail(message: str, code: int = 2) -> int:
 def run_lab(name: str, argv: list[str]) -> int:
     lab = module(name)
     parser = argparse.ArgumentParser(
-        prog=f"lab {name}", description=lab.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"lab {name}", description=lab.__doc__, epilog=_params_epilog(lab.Params),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. -S sft.lr=3e-4 (same syntax as `dvc exp run -S`)")

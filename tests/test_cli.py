@@ -19,6 +19,11 @@ def test_lab_lists_every_stage_of_the_pipeline():
 def test_lab_help_documents_the_lab():
     out = lab("sft", "--help", cwd=ROOT).stdout
     assert "SFTTrainer" in out and "dvc exp run -S" in out and "--set" in out
+    # every key sft reads, with its cpu default and help line: its own, inherited and viewed keys alike
+    rows = {line.split()[0]: line for line in out.split("params (")[1].splitlines()[1:]}
+    assert list(rows)[:3] == ["seed", "tier", "sft.lr"]
+    assert rows["sft.lr"].split()[1:] == ["0.002", "peak", "learning", "rate"]
+    assert "evaluate.batch_size" in rows and "evaluate.reward_model" not in rows
 
 
 def test_unknown_lab_is_one_line_and_exit_2():

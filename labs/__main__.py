@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 
+import yaml
 from pydantic_core import to_jsonable_python
 
 from labs.core.config import PARAMS_FILE, ConfigError, Section
@@ -67,8 +70,23 @@ def run_lab(name: str, argv: list[str]) -> int:
     params = lab_params(name, args.params, args.set)
     from labs.core.runner import execute
 
+    started = time.perf_counter()
     execute(name, lab, params)
+    print(summary(name, time.perf_counter() - started))
     return 0
+
+
+def summary(name: str, seconds: float) -> str:
+    """What a finished lab leaves and what to try next (its own last line above states its headline result)."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"] if Path("dvc.yaml").exists() else {}
+    outputs = [next(iter(out)) if isinstance(out, dict) else out for key in ("outs", "metrics", "plots")
+               for out in stages.get(name, {}).get(key, [])]
+    names = list(LABS)
+    following = names[names.index(name) + 1] if name != names[-1] else None
+    then = f"just lab {following}   # {LABS[following]}" if following else "just report   # every model on one page"
+    minutes, rest = divmod(round(seconds), 60)
+    return (f"\n{name} finished in {minutes}m{rest:02d}s; outputs: {', '.join(outputs) or f'metrics/{name}.json'}\n"
+            f"next: {then}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,15 @@ from labs.core.evaluation import (
     reward_scores,
 )
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
-from labs.core.run import CHECKPOINT_ROOT, finish_checkpoints, run_card, save_curves, save_model, trend
+from labs.core.run import (
+    CHECKPOINT_ROOT,
+    finish_checkpoints,
+    run_card,
+    save_curves,
+    save_model,
+    show_progress,
+    trend,
+)
 
 
 class PPOParams(TrainParams):
@@ -176,6 +184,7 @@ def run(params: Params) -> dict:
         train_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_train.jsonl", "rl")),
         eval_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_val.jsonl", "rl")),
     )
+    show_progress(trainer, "ppo")
     trainer.train()
     history = trainer.state.log_history
 

@@ -55,7 +55,8 @@ TINY = {
 
 # HF_HUB_OFFLINE: no test may reach a model hub; a hub id must fail at once, not after a timeout.
 # LLAMA_CPP_DIR: the workspaces are copies without build/; `just llama-cpp` put the converter in this checkout's.
-ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+# LAB_VENV: the `just` recipes a test runs use this environment, not a .venv of their own in each workspace.
+ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "LAB_VENV": sys.prefix,
        "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp"))}
 
 

@@ -25,6 +25,7 @@ _env:
     echo "setting up .venv from docker/locks/ci.txt: once (~3 min), then again only when the lock changes" >&2
     start=$SECONDS
     [ -x .venv/bin/python ] || python3 -m venv .venv
+    pip install --quiet --upgrade pip  # the system's pip may predate the lock's packages (PEP 517 builds)
     rm -f .venv/.lock-sha256 .venv/.llama-cpp-sha256
     # torch's CPU build first (`+cpu`: never the CUDA build that is PyPI's Linux wheel), so nothing below pulls
     # another; TORCH_CPU_LINKS: where its wheels are listed

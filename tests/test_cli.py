@@ -127,8 +127,9 @@ def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_chang
 
     run(["just", "_env"], cwd=tmp_path, env=env)
     first = calls()
-    assert len(first) == 3, first
-    assert "torch==2.13.0+cpu" in first[0] and "--require-hashes -r" in first[1] and "--no-deps -e ." in first[2]
+    assert len(first) == 4, first
+    assert "--upgrade pip" in first[0] and "torch==2.13.0+cpu" in first[1]
+    assert "--require-hashes -r" in first[2] and "--no-deps -e ." in first[3]
     requirements = (tmp_path / "pip.log.requirements").read_text()
     assert "\ntransformers==" in requirements and "\nllama-cpp-python==" not in requirements  # built on demand
 
@@ -138,4 +139,4 @@ def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_chang
     with (tmp_path / "docker/locks/ci.txt").open("a") as lock:
         lock.write("# a changed lock\n")
     proc = run(["just", "_env"], cwd=tmp_path, env=env)
-    assert len(calls()) == 6 and "setting up .venv" in proc.stderr
+    assert len(calls()) == 8 and "setting up .venv" in proc.stderr

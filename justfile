@@ -119,13 +119,11 @@ lab NAME: _env _data
         echo "error: unknown lab '{{NAME}}' (expected one of: $(tr '\n' ' ' <<<"$labs"))" >&2
         exit 2
     fi
-    # the stages this will run, in curriculum order: those `dvc status` finds changed upstream of NAME and NAME
-    stale=$(dvc status --with-deps {{NAME}} 2>/dev/null | sed -n 's/^\([a-z_]*\):$/\1/p' || true)
-    plan=$(grep -xFf <(printf '%s\n' $stale) <<<"$labs" | tr '\n' ' ' || true)
+    plan=$(python -m labs plan {{NAME}})
     if [ -z "$plan" ]; then
         echo "{{NAME}} is up to date: nothing to run (\`dvc repro --force {{NAME}}\` runs it again)" >&2
     else
-        echo "dvc repro {{NAME}} runs: ${plan% }" >&2
+        echo "dvc repro {{NAME}} runs: $plan" >&2
     fi
     if grep -qw quantize <<<"$plan"; then just llama-cpp; fi
     dvc repro {{NAME}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,24 @@ def run_lab(name: str, argv: list[str]) -> int:
     return 0
 
 
+def plan(name: str) -> list[str]:
+    """The stages `dvc repro name` runs: those of its upstream that `dvc status` finds out of date, and every stage
+    between them and `name` (DVC skips one of those only if its inputs come out unchanged)."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    made_by = {(next(iter(out)) if isinstance(out, dict) else out): stage for stage, spec in stages.items()
+               for key in ("outs", "metrics", "plots") for out in spec.get(key, [])}
+    upstream = {stage: {made_by[out] for dep in spec.get("deps", []) for out in made_by
+                        if dep == out or dep.startswith(out + "/")} for stage, spec in stages.items()}
+
+    def closure(stage: str) -> set[str]:
+        return {stage}.union(*(closure(up) for up in upstream[stage]))
+
+    status = subprocess.run(["dvc", "status", "--with-deps", "--json", name], capture_output=True, text=True)
+    stale = set(json.loads(status.stdout or "{}")) if status.returncode == 0 else set(closure(name))
+    runs = {stage for stage in closure(name) if closure(stage) & stale}
+    return [stage for stage in LABS if stage in runs]
+
+
 def summary(name: str, seconds: float) -> str:
     """What a finished lab leaves and what to try next (its own last line above states its headline result)."""
     stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"] if Path("dvc.yaml").exists() else {}
@@ -98,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if name == "names":  # for scripts (the justfile): lab names, or with --evaluated the evaluated ones
             print("\n".join(lab_params("evaluate").evaluate.models if "--evaluated" in rest else LABS))
+            return 0
+        if name == "plan":  # for the justfile: the stages `dvc repro NAME` will run, in curriculum order
+            print(" ".join(plan(rest[0])))
             return 0
         if name == "convert":
             if len(rest) != 3 or rest[0] in ("-h", "--help"):

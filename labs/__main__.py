@@ -80,11 +80,9 @@ def run_lab(name: str, argv: list[str]) -> int:
 def plan(name: str) -> list[str]:
     """The stages `dvc repro name` runs: those of its upstream that `dvc status` finds out of date, and every stage
     between them and `name` (DVC skips one of those only if its inputs come out unchanged)."""
-    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
-    made_by = {(next(iter(out)) if isinstance(out, dict) else out): stage for stage, spec in stages.items()
-               for key in ("outs", "metrics", "plots") for out in spec.get(key, [])}
-    upstream = {stage: {made_by[out] for dep in spec.get("deps", []) for out in made_by
-                        if dep == out or dep.startswith(out + "/")} for stage, spec in stages.items()}
+    from labs.tools.stages import upstream_stages
+
+    upstream = upstream_stages(yaml.safe_load(Path("dvc.yaml").read_text())["stages"])
 
     def closure(stage: str) -> set[str]:
         return {stage}.union(*(closure(up) for up in upstream[stage]))

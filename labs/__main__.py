@@ -32,7 +32,7 @@ def _usage() -> str:
     )
 
 
-def params_help(schema: type[Section], prefix: str = "") -> list[str]:
+def params_help(schema: type[Section], prefix: str = "") -> list[tuple[str, str, str]]:
     """One row per key a lab reads: its params.yaml path, its cpu-tier default and its help line."""
     rows = []
     for key, field in schema.model_fields.items():
@@ -96,6 +96,8 @@ def plan(name: str) -> list[str]:
 def summary(name: str, seconds: float) -> str:
     """What a finished lab leaves and what to try next (its own last line above states its headline result)."""
     stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"] if Path("dvc.yaml").exists() else {}
+    if Path(f"{name}.dvc").exists():  # a lab without a stage: a .dvc file tracks what it writes
+        stages[name] = {"outs": [out["path"] for out in yaml.safe_load(Path(f"{name}.dvc").read_text())["outs"]]}
     outputs = [next(iter(out)) if isinstance(out, dict) else out for key in ("outs", "metrics", "plots")
                for out in stages.get(name, {}).get(key, [])]
     names = list(LABS)

@@ -1,25 +1,65 @@
 # LLM Lab: every recipe is one line of `just --list`.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Every recipe runs in the project's environment, .venv, without activating it: made on first use and refreshed
+# when the lock changes. LAB_VENV names an environment you keep yourself instead (the images and the test
+# workspaces set it); recipes use that one as it is.
+venv := if env("LAB_VENV", "") == "" { justfile_directory() / ".venv" } else { env("LAB_VENV") }
+export VIRTUAL_ENV := venv
+export PATH := venv / "bin" + ":" + env("PATH")
+
 # list the recipes
 default:
     @just --list --unsorted
 
-# install the CPU tier into the active environment: torch's CPU wheel, then the lock CI and the cpu image use
-setup:
-    pip install torch==2.13.0
-    set -a; . docker/llama-cpp.env; set +a; pip install --no-cache-dir --require-hashes -r docker/locks/ci.txt
-    pip install --no-deps -e .
-    just llama-cpp
+# the whole CPU tier at once: the environment and llama.cpp (each recipe otherwise sets up what it needs itself)
+setup: _env llama-cpp
 
-# llama.cpp's HF->GGUF converter (`quantize`) into build/, from the source release the lock pins
-llama-cpp:
+# .venv from the lock CI and the cpu image install, unless it is already the lock's (its hash is stamped in it)
+_env:
     #!/usr/bin/env bash
     set -euo pipefail
-    # PyPI has only the source of llama-cpp-python (the lock builds the bindings from it); its converter ships in
-    # that source and nowhere else, so the same hash-checked download gives the converter of the same llama.cpp.
-    pin=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' docker/locks/cpu.txt)
+    [ -z "${LAB_VENV:-}" ] || exit 0
+    lock=$(cat docker/locks/ci.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+    [ "$(cat .venv/.lock-sha256 2>/dev/null)" != "$lock" ] || exit 0
+    echo "setting up .venv from docker/locks/ci.txt: once (~3 min), then again only when the lock changes" >&2
+    start=$SECONDS
+    [ -x .venv/bin/python ] || python3 -m venv .venv
+    pip install --quiet --upgrade pip  # the system's pip may predate the lock's packages (PEP 517 builds)
+    rm -f .venv/.lock-sha256 .venv/.llama-cpp-sha256
+    # torch's CPU build first (`+cpu`: never the CUDA build that is PyPI's Linux wheel), so nothing below pulls
+    # another; TORCH_CPU_LINKS: where its wheels are listed
+    pip install --quiet --retries 0 --find-links "${TORCH_CPU_LINKS:-https://download.pytorch.org/whl/cpu/torch/}" \
+        "torch==2.13.0+cpu"
+    # every other package at the lock's version and hash, except llama-cpp-python: installing it compiles
+    # llama.cpp (~6 min), which only the GGUF rows of `quantize` use (`just llama-cpp`, run when they need it)
+    pip install --quiet --require-hashes \
+        -r <(awk '/^llama-cpp-python==/ {skip = 1} !skip {print} skip && !/\\$/ {skip = 0}' docker/locks/ci.txt)
+    pip install --quiet --no-deps -e .
+    echo "$lock" > .venv/.lock-sha256
+    echo ".venv is ready ($((SECONDS - start)) s)" >&2
+
+# Its Python bindings are compiled from the lock's source release for the portable AVX2 baseline
+# (docker/llama-cpp.env); its HF->GGUF converter comes from the same release, into build/.
+# llama.cpp for the GGUF rows of `quantize` (built the first time a recipe needs it)
+llama-cpp: _env
+    #!/usr/bin/env bash
+    set -euo pipefail
+    pin=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' docker/locks/ci.txt)
     version=$(echo "$pin" | head -1 | sed 's/.*==\([^ ]*\).*/\1/')
+    stamp=$(cat <(echo "$pin") docker/llama-cpp.env | sha256sum | cut -d' ' -f1)
+    if [ -z "${LAB_VENV:-}" ] && [ "$(cat .venv/.llama-cpp-sha256 2>/dev/null)" != "$stamp" ]; then
+        echo "compiling llama.cpp $version for the GGUF rows of quantize: once, ~6 min on 2 cores" >&2
+        start=$SECONDS
+        set -a; . docker/llama-cpp.env; set +a
+        # no cache: a wheel compiled earlier with other flags must not be reused
+        pip install --quiet --no-cache-dir --require-hashes -r <(echo "$pin")
+        echo "$stamp" > .venv/.llama-cpp-sha256
+        echo "llama.cpp is built ($((SECONDS - start)) s)" >&2
+    fi
+    [ "$(cat build/llama.cpp/.version 2>/dev/null)" != "$version" ] || exit 0
+    # PyPI has only the source of llama-cpp-python; its converter ships in that source and nowhere else, so the
+    # same hash-checked download gives the converter of the same llama.cpp.
     sdist=build/llama_cpp_python-$version.tar.gz
     mkdir -p build
     [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --require-hashes --dest build -r <(echo "$pin")
@@ -28,11 +68,12 @@ llama-cpp:
         llama_cpp_python-$version/vendor/llama.cpp/convert_hf_to_gguf.py \
         llama_cpp_python-$version/vendor/llama.cpp/conversion \
         llama_cpp_python-$version/vendor/llama.cpp/gguf-py
+    echo "$version" > build/llama.cpp/.version
 
 # cpu.txt: the cpu image; ci.txt: cpu + the dev tools, the same pins; cuda.txt: the t4 and a100 images.
 # TORCH_CPU_LINKS: where torch's CPU wheels are listed.
 # rewrite docker/locks/ from pyproject.toml, every file pinned by version and hash
-lock:
+lock: _env
     #!/usr/bin/env bash
     set -euo pipefail
     common=(--generate-hashes --python-platform x86_64-manylinux_2_28 --no-header --quiet)
@@ -48,7 +89,7 @@ lock:
         -o docker/locks/cuda.txt
 
 # a tier image: `just image build cpu`, `just image test cpu`, `just image push a100` (tags: `just image tags t4`)
-image ACTION TIER:
+image ACTION TIER: _env
     #!/usr/bin/env bash
     set -euo pipefail
     if [ "{{ACTION}}" = test ]; then
@@ -62,13 +103,13 @@ docker ACTION NAME TIER:
     docker/image.sh {{ACTION}} {{NAME}} {{TIER}}
 
 # list the labs, one line each
-labs:
+labs: _env
     @python -m labs list
 
-# run a lab and whatever it needs upstream through DVC, then refresh the evaluation table if nothing else
-# must be built for it: evaluate compares every model in evaluate.models, and on a fresh clone
-# `dvc repro evaluate` would first train reward, dpo, ppo and grpo (~27 min in the recorded metrics: 517+401+413+313 s)
-lab NAME: _data
+# After the lab, the evaluation table is refreshed if nothing else must be built for it: evaluate compares every
+# model in evaluate.models, and on a fresh clone `dvc repro evaluate` would first train reward, dpo, ppo and grpo.
+# run a lab and whatever it needs upstream through DVC (`just lab sft`)
+lab NAME: _env _data
     #!/usr/bin/env bash
     set -euo pipefail
     if [ "{{NAME}}" = data ]; then exit 0; fi
@@ -78,6 +119,13 @@ lab NAME: _data
         echo "error: unknown lab '{{NAME}}' (expected one of: $(tr '\n' ' ' <<<"$labs"))" >&2
         exit 2
     fi
+    plan=$(python -m labs plan {{NAME}})
+    if [ -z "$plan" ]; then
+        echo "{{NAME}} is up to date: nothing to run (\`dvc repro --force {{NAME}}\` runs it again)" >&2
+    else
+        echo "dvc repro {{NAME}} runs: $plan" >&2
+    fi
+    if grep -qw quantize <<<"$plan"; then just llama-cpp; fi
     dvc repro {{NAME}}
     if [ "{{NAME}}" != evaluate ] && grep -qx "{{NAME}}" <<<"$(python -m labs names --evaluated)"; then
         # a dry run lists the stages evaluate would run; it stops at the first one whose inputs are not built
@@ -93,33 +141,33 @@ lab NAME: _data
     fi
 
 # serve a model (default: the SFT model) on 127.0.0.1:8000 with the OpenAI API, until Ctrl-C
-serve MODEL="models/sft" PORT="8000":
+serve MODEL="models/sft" PORT="8000": _env
     python -m labs.serve {{MODEL}} --host 127.0.0.1 --port {{PORT}} --continuous-batching
 
 # regenerate the task world into data/raw and record its hash in data.dvc
-data:
+data: _env
     python -m labs data
     dvc commit --force --quiet data.dvc
 
 # the whole curriculum through DVC
-repro: _data
+repro: _env _data llama-cpp
     dvc repro
 
 # Credentials come from the environment or ~/.aws, never from git.
 # the default DVC remote: `just remote s3://bucket/llm-lab [ENDPOINT]` (any S3-compatible store) or a directory
-remote URL ENDPOINT="":
+remote URL ENDPOINT="": _env
     dvc remote add --default --force storage "{{URL}}"
     {{ if ENDPOINT != "" { "dvc remote modify storage endpointurl " + ENDPOINT } else { "true" } }}
     # re-hash every file pulled: a corrupted object in the remote is refused, not checked out
     dvc remote modify storage verify true
 
 # upload data, models and metrics to the default remote
-push:
+push: _env
     dvc push
 
 # A file that fails its hash check is named (DVC names it only in its debug log) and is not checked out.
 # download a teammate's outputs: afterwards `dvc repro` has nothing to run
-pull:
+pull: _env
     #!/usr/bin/env bash
     set -uo pipefail
     log=$(mktemp)
@@ -134,7 +182,7 @@ pull:
 
 # Each value is one DVC experiment of LAB's stage (and whatever it needs); the workspace is left as it was.
 # a grid of one param, queued then run: `just sweep sft max_steps 20 40 80`; then `dvc exp show`
-sweep LAB PARAM +VALUES:
+sweep LAB PARAM +VALUES: _env
     #!/usr/bin/env bash
     set -euo pipefail
     key="{{LAB}}.{{PARAM}}"
@@ -148,28 +196,28 @@ sweep LAB PARAM +VALUES:
     dvc exp run --run-all
     dvc exp show --no-pager --only-changed --md
 
-# the test suite
-# two pytest-xdist workers: one builds the tiny curriculum (two stages at a time) while the other runs the tests
-# that need no models; then both share the built project, handed out two tests at a time (tests/conftest.py)
-test *ARGS:
+# Two pytest-xdist workers: one builds the tiny curriculum (two stages at a time) while the other runs the tests
+# that need no models; then both share the built project, handed out two tests at a time (tests/conftest.py).
+# the test suite (the tiny curriculum, GGUF rows included, is built by the tests themselves)
+test *ARGS: _env llama-cpp
     python -m pytest -n 2 --maxschedchunk 1 {{ARGS}}
 
 # a benchmark: ratios measured side by side in one run (`just bench compression`)
-bench NAME:
+bench NAME: _env
     python -m labs.tools.bench {{NAME}}
 
 # lint
-lint:
+lint: _env
     ruff check .
 
 # regenerate the README's results table from metrics/
-results:
+results: _env
     python -m labs.tools.results
 
 # one self-contained HTML page comparing every model, with charts: report/index.html (+ report/summary.md)
-report:
+report: _env
     python -m labs.tools.report
 
 # generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic)
-_data:
+_data: _env
     @[ -d data/raw ] || just data

@@ -55,8 +55,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --user-group lab
 COPY --from=build /opt/venv /opt/venv
-# safe.directory: a mounted checkout may belong to another uid than the one running
-ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
+# safe.directory: a mounted checkout may belong to another uid than the one running; LAB_VENV: the justfile's
+# recipes use /opt/venv as it is instead of making a .venv
+ENV VIRTUAL_ENV=/opt/venv LAB_VENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 \
     GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 WORKDIR /workspace
 COPY --chown=10001:10001 . /workspace

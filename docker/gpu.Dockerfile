@@ -64,8 +64,9 @@ LABEL org.opencontainers.image.title="llm-lab" \
       dev.llm-lab.torch="${TORCH_VERSION}" \
       dev.llm-lab.cuda="${CUDA_VERSION}"
 COPY --from=build /opt/venv /opt/venv
-# safe.directory: a mounted checkout may belong to another uid than the one running
-ENV PYTHONUNBUFFERED=1 NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+# safe.directory: a mounted checkout may belong to another uid than the one running; LAB_VENV: the justfile's
+# recipes use /opt/venv as it is instead of making a .venv
+ENV LAB_VENV=/opt/venv PYTHONUNBUFFERED=1 NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*
 WORKDIR /workspace
 COPY --chown=10001:10001 . /workspace

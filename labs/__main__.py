@@ -8,9 +8,16 @@ writes to metrics/<lab>.json with the run's provenance.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import time
+from pathlib import Path
 
-from labs.core.config import PARAMS_FILE, ConfigError
+import yaml
+from pydantic_core import to_jsonable_python
+
+from labs.core.config import PARAMS_FILE, ConfigError, Section
 from labs.core.data import CONVERTERS, DataError, convert
 from labs.registry import LABS, lab_params, module
 
@@ -25,6 +32,26 @@ def _usage() -> str:
     )
 
 
+def params_help(schema: type[Section], prefix: str = "") -> list[tuple[str, str, str]]:
+    """One row per key a lab reads: its params.yaml path, its cpu-tier default and its help line."""
+    rows = []
+    for key, field in schema.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            rows += params_help(field.annotation, f"{prefix}{key}.")
+            continue
+        default = json.dumps(to_jsonable_python(field.default))
+        default = default if len(default) <= 32 else default[:29] + "..."
+        rows.append((f"{prefix}{key}", default, field.description))
+    return rows
+
+
+def _params_epilog(schema: type[Section]) -> str:
+    rows = params_help(schema)
+    key_width, value_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    lines = [f"  {key:<{key_width}}  {value:<{value_width}}  {text}" for key, value, text in rows]
+    return "params (params.yaml key, cpu-tier default, what it does):\n" + "\n".join(lines)
+
+
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -33,7 +60,8 @@ def _fail(message: str, code: int = 2) -> int:
 def run_lab(name: str, argv: list[str]) -> int:
     lab = module(name)
     parser = argparse.ArgumentParser(
-        prog=f"lab {name}", description=lab.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"lab {name}", description=lab.__doc__, epilog=_params_epilog(lab.Params),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a param, e.g. -S sft.lr=3e-4 (same syntax as `dvc exp run -S`)")
@@ -43,8 +71,41 @@ def run_lab(name: str, argv: list[str]) -> int:
     params = lab_params(name, args.params, args.set)
     from labs.core.runner import execute
 
+    started = time.perf_counter()
     execute(name, lab, params)
+    print(summary(name, time.perf_counter() - started))
     return 0
+
+
+def plan(name: str) -> list[str]:
+    """The stages `dvc repro name` runs: those of its upstream that `dvc status` finds out of date, and every stage
+    between them and `name` (DVC skips one of those only if its inputs come out unchanged)."""
+    from labs.tools.stages import upstream_stages
+
+    upstream = upstream_stages(yaml.safe_load(Path("dvc.yaml").read_text())["stages"])
+
+    def closure(stage: str) -> set[str]:
+        return {stage}.union(*(closure(up) for up in upstream[stage]))
+
+    status = subprocess.run(["dvc", "status", "--with-deps", "--json", name], capture_output=True, text=True)
+    stale = set(json.loads(status.stdout or "{}")) if status.returncode == 0 else set(closure(name))
+    runs = {stage for stage in closure(name) if closure(stage) & stale}
+    return [stage for stage in LABS if stage in runs]
+
+
+def summary(name: str, seconds: float) -> str:
+    """What a finished lab leaves and what to try next (its own last line above states its headline result)."""
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"] if Path("dvc.yaml").exists() else {}
+    if Path(f"{name}.dvc").exists():  # a lab without a stage: a .dvc file tracks what it writes
+        stages[name] = {"outs": [out["path"] for out in yaml.safe_load(Path(f"{name}.dvc").read_text())["outs"]]}
+    outputs = [next(iter(out)) if isinstance(out, dict) else out for key in ("outs", "metrics", "plots")
+               for out in stages.get(name, {}).get(key, [])]
+    names = list(LABS)
+    following = names[names.index(name) + 1] if name != names[-1] else None
+    then = f"just lab {following}   # {LABS[following]}" if following else "just report   # every model on one page"
+    minutes, rest = divmod(round(seconds), 60)
+    return (f"\n{name} finished in {minutes}m{rest:02d}s; outputs: {', '.join(outputs) or f'metrics/{name}.json'}\n"
+            f"next: {then}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if name == "names":  # for scripts (the justfile): lab names, or with --evaluated the evaluated ones
             print("\n".join(lab_params("evaluate").evaluate.models if "--evaluated" in rest else LABS))
+            return 0
+        if name == "plan":  # for the justfile: the stages `dvc repro NAME` will run, in curriculum order
+            print(" ".join(plan(rest[0])))
             return 0
         if name == "convert":
             if len(rest) != 3 or rest[0] in ("-h", "--help"):

@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field
 
-from labs.core.config import SEED, ConfigError, ModelShape, Section, Tier, view
+from labs.core.config import SEED, ConfigError, ModelShape, Section, Seed, Tier, view
 from labs.core.data import read_jsonl
 from labs.core.evaluation import MeasureParams
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require, use_gpu
@@ -37,13 +37,21 @@ class AttentionParams(Section):
     """Attention implementations and KV-cache variants, timed side by side."""
 
     model: str = "sft"  # a directory under models/ ...
+    """directory under models/ that is timed"""
     shape: ModelShape | None = None  # ... or a randomly initialised Llama of this shape (speed ignores weights)
+    """time a randomly initialised Llama of this shape instead (speed ignores weights)"""
     implementations: list[AttentionName] = ["eager", "sdpa"]
+    """attention kernels compared"""
     caches: list[Literal["none", "dynamic", "static"]] = ["none", "dynamic", "static"]
+    """KV cache variants compared: none, dynamic (grows) or static (preallocated)"""
     prompt_lengths: list[Annotated[int, Field(gt=0)]] = [32, 256]
+    """prompt tokens of each timed generation"""
     new_tokens: list[Annotated[int, Field(gt=0)]] = [128]
+    """tokens generated in each timed generation"""
     batch_size: int = Field(1, gt=0)
+    """prompts generated together"""
     rounds: int = Field(3, gt=0)
+    """interleaved timing rounds; each combination keeps its best"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -53,7 +61,7 @@ Measurement = view(MeasureParams, "precision")
 class Params(Section):
     """What attention reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     attention: AttentionParams = AttentionParams()
     evaluate: Measurement = Measurement()

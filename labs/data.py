@@ -31,24 +31,30 @@ from typing import Literal
 
 from pydantic import Field
 
-from labs.core.config import SEED, Section
+from labs.core.config import SEED, Section, Seed
 from labs.core.data import write_jsonl
 from labs.core.run import atomic_path
 
 
 class DataParams(Section):
     families: list[Literal["add", "compare", "sort", "reverse"]] = ["add", "compare", "sort", "reverse"]
+    """task families generated (add, compare, sort, reverse)"""
     sft_per_family: int = Field(2000, gt=0)
+    """SFT prompt/completion pairs per family"""
     test_per_family: int = Field(100, gt=0)
+    """held-out test prompts per family"""
     corpus_per_family: int = Field(3000, gt=0)
+    """pretraining documents per family"""
     preference_per_family: int = Field(3000, gt=0)
+    """chosen/rejected pairs per family"""
     rl_per_family: int = Field(500, gt=0)
+    """RL prompts (with checkable answers) per family"""
 
 
 class Params(Section):
     """What data reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     data: DataParams = DataParams()
 
 

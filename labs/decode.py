@@ -30,7 +30,7 @@ import torch
 from pydantic import Field
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from labs.core.config import SEED, ConfigError, Section, view
+from labs.core.config import SEED, ConfigError, Section, Seed, view
 from labs.core.data import chat_prompt, read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, repetition, reward_scores
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require
@@ -41,30 +41,47 @@ class Strategy(Section):
     """One decoding strategy: `generate` arguments, contrastive decoding, or a re-ranking of sampled answers."""
 
     do_sample: bool = False
+    """sample from the distribution instead of taking the most likely token"""
     temperature: float = Field(1.0, gt=0)
+    """sampling temperature: below 1 sharpens, above 1 flattens"""
     top_k: int = Field(0, ge=0)  # 0: no top-k cut (generation_config's default of 50 would otherwise apply)
+    """sample among the k most likely tokens; 0: no cut"""
     top_p: float = Field(1.0, gt=0, le=1)
+    """nucleus sampling: the smallest set of tokens holding this probability"""
     min_p: float | None = Field(None, gt=0, lt=1)
+    """drop tokens less likely than min_p times the top token's probability"""
     num_beams: int = Field(1, ge=1)
+    """beam search width (1: no beam search)"""
     repetition_penalty: float = Field(1.0, gt=0)
+    """divides the logits of tokens already present (above 1 discourages repeats)"""
     # contrastive decoding: the plausibility cut alpha (keep tokens with p_expert >= alpha * max p_expert),
     # then pick by log p_expert - log p_amateur
     contrastive: float | None = Field(None, gt=0, le=1)
-    samples: int = Field(1, ge=1)  # > 1: sample this many answers per prompt and keep one by `pick`
+    """contrastive decoding against the amateur with this plausibility cut alpha"""
+    samples: int = Field(1, ge=1)
+    """> 1: sample this many answers per prompt and keep one by `pick`"""
     pick: Literal["best_reward", "reward_weighted"] = "best_reward"
-    beta: float = Field(1.0, gt=0)  # reward_weighted: keep answer i with probability softmax(reward / beta)_i
+    """how one of `samples` answers is kept: best_reward | reward_weighted"""
+    beta: float = Field(1.0, gt=0)
+    """reward_weighted: keep answer i with probability softmax(reward / beta)_i"""
 
 
 class DecodeParams(Section):
     """Decoding strategies of one model, side by side on the held-out prompts."""
 
     model: str = "sft"  # directories under models/
-    amateur: str = "pretrain"  # contrastive decoding's amateur: same tokenizer, no SFT
-    reward_model: str | None = "reward"  # re-ranks best-of-N and reward-weighted samples; scores every strategy
-    prompts: int = Field(400, gt=0)  # held-out prompts each strategy answers
+    """directory under models/ that decodes"""
+    amateur: str = "pretrain"
+    """contrastive decoding's amateur: same tokenizer, no SFT"""
+    reward_model: str | None = "reward"
+    """re-ranks best-of-N and reward-weighted samples; scores every strategy"""
+    prompts: int = Field(400, gt=0)
+    """held-out prompts each strategy answers"""
     # diversity: the first `diversity_prompts` are answered `diversity_runs` times (new seeds): how often it differs
     diversity_prompts: int = Field(64, gt=0)
+    """prompts (the first of `prompts`) answered diversity_runs times to measure diversity"""
     diversity_runs: int = Field(4, ge=2)
+    """answers per diversity prompt, each with a fresh seed"""
     strategies: dict[str, Strategy] = {
         "greedy": Strategy(),
         "temperature_0.7": Strategy(do_sample=True, temperature=0.7),
@@ -80,6 +97,7 @@ class DecodeParams(Section):
         "best_of_4": Strategy(do_sample=True, samples=4, pick="best_reward"),
         "reward_weighted_4": Strategy(do_sample=True, samples=4, pick="reward_weighted", beta=1.0),
     }
+    """strategy name -> its settings; every one answers the same prompts"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -89,7 +107,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
 class Params(Section):
     """What decode reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     decode: DecodeParams = DecodeParams()
     evaluate: Measurement = Measurement()
 

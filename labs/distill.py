@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from trl import SFTTrainer
 
-from labs.core.config import SEED, ConfigError, ModelShape, Section, Tier, TrainParams, view
+from labs.core.config import SEED, ConfigError, ModelShape, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl
 from labs.core.evaluation import MeasureParams, decoding_speeds, exact_match
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
@@ -49,9 +49,13 @@ class StudentPretrainParams(TrainParams):
     """The distilled student's own pretraining on the corpus, before either fine-tune."""
 
     max_length: int = Field(256, gt=0)
+    """tokens per packed pretraining row"""
     batch_size: int = Field(8, gt=0)  # the teacher's pretraining recipe
+    """rows per pretraining step"""
     epochs: float = Field(5, gt=0)
+    """passes over the corpus"""
     lr: float = Field(3e-3, gt=0)
+    """peak pretraining learning rate"""
 
 
 class StudentShape(ModelShape):
@@ -67,10 +71,15 @@ class DistillParams(TrainParams):
 
     # null: a Llama of `student` shape built here; a hub id or local directory: that model (same tokenizer)
     student_model: str | None = None
+    """null: a Llama of `student` shape pretrained here; else a hub id or local directory"""
     student: StudentShape = StudentShape()
+    """shape of the student built from scratch"""
     pretrain: StudentPretrainParams = StudentPretrainParams()
-    temperature: float = Field(2.0, gt=0)  # softens both distributions; the soft term is scaled by T^2
-    alpha: float = Field(0.5, ge=0, le=1)  # weight of the soft-label term; 1 - alpha goes to the hard labels
+    """the student's own pretraining on the corpus, before distillation"""
+    temperature: float = Field(2.0, gt=0)
+    """softens both distributions; the soft term is scaled by T^2"""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """weight of the soft-label term; 1 - alpha goes to the hard labels"""
     max_length: int = Field(128, gt=0)  # the fine-tune: sft's data and schedule
     batch_size: int = Field(16, gt=0)
     epochs: float = Field(4, gt=0)
@@ -84,7 +93,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision", "
 class Params(Section):
     """What distill reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     distill: DistillParams = DistillParams()
     evaluate: Measurement = Measurement()

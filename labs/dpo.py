@@ -35,7 +35,7 @@ from datasets import Dataset
 from pydantic import Field
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
-from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import assistant_turn, preference_chats, read_jsonl, user_turn
 from labs.core.evaluation import (
     MeasureParams,
@@ -58,17 +58,25 @@ class DPOParams(TrainParams):
     # sigmoid = DPO, ipo = IPO (both DPOTrainer), kto = KTO on the pairs split into unpaired rows,
     # orpo = ORPO and simpo = SimPO (no reference model; trl.experimental ORPOTrainer / CPOTrainer)
     loss: Literal["sigmoid", "ipo", "kto", "orpo", "simpo"] = "sigmoid"
+    """the method: sigmoid (DPO) | ipo | kto | orpo | simpo"""
     # dataset: the preference file's pairs. on_policy: the SFT model's own wrong answers (sampled on those
     # prompts, checked against the chosen answer) are the rejected side: needs checkable answers.
     pairs: Literal["dataset", "on_policy"] = "on_policy"
-    samples_per_prompt: int = Field(4, gt=0)  # on_policy: answers sampled per prompt
+    """where pairs come from: dataset | on_policy (the SFT model's own wrong answers rejected)"""
+    samples_per_prompt: int = Field(4, gt=0)
+    """on_policy: answers sampled per prompt"""
     temperature: float = Field(0.5, gt=0)  # on_policy: lower finds the mistakes greedy decoding makes
-    max_prompts: int | None = Field(None, gt=0)  # on_policy: prompts sampled from (null: all)
+    """on_policy: sampling temperature of the SFT model's answers"""
+    max_prompts: int | None = Field(None, gt=0)
+    """on_policy: prompts sampled from (null: all)"""
     beta: float | None = Field(None, gt=0)  # null: the method's paper default (labs/dpo.py DEFAULT_BETA)
-    simpo_gamma: float = Field(0.5, ge=0)  # SimPO's target reward margin
+    """strength of the pull toward the reference; null: the method's paper default"""
+    simpo_gamma: float = Field(0.5, ge=0)
+    """SimPO's target reward margin"""
     # sigmoid / ipo: weight of an added NLL loss on the chosen answers (RPO); it keeps the chosen answers'
     # likelihood from falling with the rejected ones', DPO's known failure
     sft_weight: float = Field(4.0, ge=0)
+    """weight of an added NLL loss on the chosen answers (RPO); 0: off"""
     max_length: int = Field(128, gt=0)
     batch_size: int = Field(16, gt=0)
     epochs: float = Field(2, gt=0)
@@ -82,7 +90,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
 class Params(Section):
     """What dpo reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     dpo: DPOParams = DPOParams()
     evaluate: Measurement = Measurement()

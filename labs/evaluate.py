@@ -47,8 +47,10 @@ from labs.core.models import count_parameters, load_model, load_reward_model, lo
 class EvaluateParams(MeasureParams):
     """The measurement settings every lab shares, and the models this lab compares."""
 
-    models: list[str] = ["pretrain", "sft", "dpo", "ppo", "grpo"]  # directories under models/, one row each
-    reward_model: str | None = "reward"  # a directory under models/ whose scores become a column (null: none)
+    models: list[str] = ["pretrain", "sft", "dpo", "ppo", "grpo"]
+    """directories under models/, one row each"""
+    reward_model: str | None = "reward"
+    """a directory under models/ whose scores become a column (null: none)"""
 
 
 class Params(Section):

@@ -22,7 +22,7 @@ from datasets import Dataset
 from pydantic import Field
 from trl import GRPOConfig, GRPOTrainer
 
-from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl, user_turn
 from labs.core.evaluation import (
     MeasureParams,
@@ -40,12 +40,18 @@ from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_cur
 class GRPOParams(TrainParams):
     """GRPO with a verifiable reward: exact match of the final answer plus a format reward."""
 
-    num_generations: int = Field(8, ge=2)  # completions per prompt: the group whose mean is the baseline
+    num_generations: int = Field(8, ge=2)
+    """completions per prompt: the group whose mean is the baseline"""
     beta: float = Field(0.04, ge=0)  # KL penalty to the reference (TRL's default is 0: no reference at all)
+    """KL penalty to the reference model (0: no reference at all)"""
     temperature: float = Field(1.0, gt=0)
+    """sampling temperature of the completions"""
     max_completion_length: int = Field(48, gt=0)
-    format_reward: float = Field(0.2, ge=0)  # for an answer in the "... Answer: X" form that ended with EOS
-    batch_size: int = Field(64, gt=0)  # completions per step: 8 prompts x num_generations
+    """tokens a completion may have"""
+    format_reward: float = Field(0.2, ge=0)
+    """for an answer in the "... Answer: X" form that ended with EOS"""
+    batch_size: int = Field(64, gt=0)
+    """completions per step: 8 prompts x num_generations"""
     max_steps: int = 300
     lr: float = Field(5e-5, gt=0)
     warmup_steps: int = Field(10, ge=0)
@@ -59,7 +65,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
 class Params(Section):
     """What grpo reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     grpo: GRPOParams = GRPOParams()
     evaluate: Measurement = Measurement()

@@ -29,7 +29,7 @@ from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from labs.core.adapters import MERGEABLE, AdapterParams, peft_config, seed_spread, train_adapter
-from labs.core.config import SEED, Section, Tier, view
+from labs.core.config import SEED, Section, Seed, Tier, view
 from labs.core.evaluation import MeasureParams
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
@@ -42,7 +42,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
 class Params(Section):
     """What lora reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     lora: AdapterParams = AdapterParams()
     evaluate: Measurement = Measurement()

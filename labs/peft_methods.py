@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from labs.core.adapters import AdapterParams, seed_spread, train_adapter
-from labs.core.config import SEED, Section, Tier, view
+from labs.core.config import SEED, Section, Seed, Tier, view
 from labs.core.evaluation import MeasureParams, peft_row, peft_table
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import (
@@ -37,13 +37,21 @@ class MethodOverrides(Section):
     """What a method in `peft_methods` may set differently from the `lora` section."""
 
     lr: float | None = Field(None, gt=0)
+    """the method's learning rate (null: lora's)"""
     epochs: float | None = Field(None, gt=0)
+    """the method's epochs (null: lora's)"""
     max_steps: int | None = None
+    """the method's max_steps (null: lora's)"""
     rank: int | None = Field(None, gt=0)
+    """the method's rank (null: lora's)"""
     alpha: float | None = Field(None, gt=0)
+    """the method's alpha (null: lora's)"""
     num_virtual_tokens: int | None = Field(None, gt=0)
+    """the method's virtual tokens (null: lora's)"""
     target_modules: list[str] | None = None
+    """the method's target modules (null: lora's)"""
     seeds: list[int] | None = None
+    """extra seeds for this method's spread (null: none)"""
 
 
 class PeftMethodsParams(Section):
@@ -56,6 +64,7 @@ class PeftMethodsParams(Section):
         "prompt": MethodOverrides(lr=3e-2, epochs=4),
         "ia3": MethodOverrides(lr=1e-2, epochs=4),
     }
+    """method -> its overrides of the `lora` section; each trains once and gets a row"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -65,7 +74,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
 class Params(Section):
     """What peft_methods reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     peft_methods: PeftMethodsParams = PeftMethodsParams()
     lora: AdapterParams = AdapterParams()

@@ -31,7 +31,7 @@ from datasets import Dataset
 from pydantic import Field
 from scipy import stats
 
-from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import chat_prompt, read_jsonl
 from labs.core.evaluation import (
     MeasureParams,
@@ -44,24 +44,44 @@ from labs.core.evaluation import (
     reward_scores,
 )
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
-from labs.core.run import CHECKPOINT_ROOT, finish_checkpoints, run_card, save_curves, save_model, trend
+from labs.core.run import (
+    CHECKPOINT_ROOT,
+    finish_checkpoints,
+    run_card,
+    save_curves,
+    save_model,
+    show_progress,
+    trend,
+)
 
 
 class PPOParams(TrainParams):
     """RLHF with PPO: policy and value model trained, reward model and reference frozen."""
 
-    episodes: int = Field(4096, gt=0)  # prompts sampled in all (TRL's total_episodes)
+    episodes: int = Field(4096, gt=0)
+    """prompts sampled in all (TRL's total_episodes)"""
     kl_coef: float = Field(0.05, ge=0)
-    ppo_epochs: int = Field(4, gt=0)  # optimisation passes over each batch of rollouts
-    mini_batches: int = Field(4, gt=0)  # optimizer steps per pass over a batch
+    """per-token KL penalty to the reference, subtracted from the reward"""
+    ppo_epochs: int = Field(4, gt=0)
+    """optimisation passes over each batch of rollouts"""
+    mini_batches: int = Field(4, gt=0)
+    """optimizer steps per pass over a batch"""
     temperature: float = Field(1.0, gt=0)
+    """sampling temperature of the policy's answers"""
     response_length: int = Field(48, gt=0)
-    missing_eos_penalty: float | None = Field(1.0, ge=0)  # subtracted from the score of a completion with no EOS
+    """tokens an answer may have"""
+    missing_eos_penalty: float | None = Field(1.0, ge=0)
+    """subtracted from the score of a completion with no EOS"""
     gae_lambda: float = Field(0.95, ge=0, le=1)
+    """GAE's lambda: bias/variance trade-off of the advantages"""
     gamma: float = Field(1.0, ge=0, le=1)
-    heldout_seeds: int = Field(4, gt=0)  # sampled answers per held-out prompt, before and after training
-    bootstrap_resamples: int = Field(2000, gt=0)  # for the 95% interval of the held-out reward's change
+    """discount of future rewards"""
+    heldout_seeds: int = Field(4, gt=0)
+    """sampled answers per held-out prompt, before and after training"""
+    bootstrap_resamples: int = Field(2000, gt=0)
+    """bootstrap resamples for the 95% interval of the held-out reward's change"""
     batch_size: int = Field(64, gt=0)  # answers sampled per update: smaller updates were as noisy as the family mix
+    """answers sampled per update"""
     lr: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(0, ge=0)
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
@@ -75,7 +95,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
 class Params(Section):
     """What ppo reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     ppo: PPOParams = PPOParams()
     evaluate: Measurement = Measurement()
@@ -122,8 +142,24 @@ def reward_gain(before: np.ndarray, after: np.ndarray, params: Params) -> dict:
             "prompts": len(change), "draws_per_prompt": params.ppo.heldout_seeds}
 
 
+def ppo_config(params: Params, scratch: Path):
+    """TRL's PPOConfig from the ppo section: the shared trainer settings plus PPO's own."""
+    from trl.experimental.ppo import PPOConfig
+
+    cfg = params.ppo
+    # No checkpoints: PPOTrainer.train() cannot resume from one (see the docstring).
+    common = trainer_kwargs(params, cfg, scratch) | {"save_strategy": "no", "eval_strategy": "no"}
+    common.pop("num_train_epochs"), common.pop("max_steps"), common.pop("include_num_input_tokens_seen")
+    return PPOConfig(
+        **common, total_episodes=cfg.episodes, num_ppo_epochs=cfg.ppo_epochs, num_mini_batches=cfg.mini_batches,
+        kl_coef=cfg.kl_coef, temperature=cfg.temperature, response_length=cfg.response_length, stop_token="eos",
+        missing_eos_penalty=cfg.missing_eos_penalty, lam=cfg.gae_lambda, gamma=cfg.gamma,
+        num_sample_generations=0,  # no sample tables mid-training: held-out answers are measured below
+    )
+
+
 def run(params: Params) -> dict:
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOTrainer
 
     cfg = params.ppo
     sft = require(SFT, "config.json", "sft")
@@ -140,22 +176,15 @@ def run(params: Params) -> dict:
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
     before = answers_report(reference, reward, tokenizer, test, params)
 
-    # No checkpoints: PPOTrainer.train() cannot resume from one (see the docstring).
     scratch = CHECKPOINT_ROOT / "ppo"
-    common = trainer_kwargs(params, cfg, scratch) | {"save_strategy": "no", "eval_strategy": "no"}
-    common.pop("num_train_epochs"), common.pop("max_steps"), common.pop("include_num_input_tokens_seen")
-    args = PPOConfig(
-        **common, total_episodes=cfg.episodes, num_ppo_epochs=cfg.ppo_epochs, num_mini_batches=cfg.mini_batches,
-        kl_coef=cfg.kl_coef, temperature=cfg.temperature, response_length=cfg.response_length, stop_token="eos",
-        missing_eos_penalty=cfg.missing_eos_penalty, lam=cfg.gae_lambda, gamma=cfg.gamma,
-        num_sample_generations=0,  # no sample tables mid-training: held-out answers are measured below
-    )
     card = run_card("ppo", params, cfg)
     trainer = PPOTrainer(
-        args=args, processing_class=tokenizer, model=policy, ref_model=reference, reward_model=reward,
-        value_model=value, train_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_train.jsonl", "rl")),
+        args=ppo_config(params, scratch), processing_class=tokenizer, model=policy, ref_model=reference,
+        reward_model=reward, value_model=value,
+        train_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_train.jsonl", "rl")),
         eval_dataset=prompt_ids(tokenizer, read_jsonl(PREPARED / "rl_val.jsonl", "rl")),
     )
+    show_progress(trainer, "ppo")
     trainer.train()
     history = trainer.state.log_history
 

@@ -22,6 +22,7 @@ from labs.core.run import atomic_path
 
 class PrepareParams(Section):
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    """share of each training file held out for validation loss"""
 
 
 class Params(Section):

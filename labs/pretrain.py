@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from labs.core.config import SEED, ModelShape, Section, Tier, TrainParams
+from labs.core.config import SEED, ModelShape, Section, Seed, Tier, TrainParams
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import save_model
 from labs.core.train import train_on_corpus
@@ -29,7 +29,9 @@ class PretrainParams(TrainParams):
     # directory: start from that model and its tokenizer (GPU tiers), continuing pretraining for
     # `max_steps` (0 = take the model as it is).
     base_model: str | None = None
+    """null: a tiny Llama from scratch; else a hub id or local directory to continue"""
     model: ModelShape = ModelShape()
+    """shape of the Llama built from scratch"""
     batch_size: int = Field(8, gt=0)  # more, smaller steps teach the model to copy from its context
     epochs: float = Field(5, gt=0)
     lr: float = Field(1.5e-3, gt=0)
@@ -38,7 +40,7 @@ class PretrainParams(TrainParams):
 class Params(Section):
     """What pretrain reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     pretrain: PretrainParams = PretrainParams()
 

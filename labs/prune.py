@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch.nn.utils import prune
 
-from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.evaluation import MeasureParams, exact_match
 from labs.core.models import load_model, load_tokenizer, require
 from labs.core.run import atomic_path, save_model
@@ -36,9 +36,11 @@ class PruneParams(TrainParams):
     """Magnitude pruning of the SFT model's linear layers, each sparsity followed by a short recovery fine-tune."""
 
     kind: Literal["unstructured", "structured"] = "unstructured"
+    """unstructured (single weights, global L1) | structured (whole rows, L2, per layer)"""
     # share of each pruned weight set set to zero: global over all linears (unstructured), whole rows per layer
     # (structured, L2 norm)
     sparsities: list[Annotated[float, Field(gt=0, lt=1)]] = [0.3, 0.5, 0.7]
+    """shares of the weights set to zero, one pruned model each"""
     max_length: int = Field(128, gt=0)  # recovery: sft's data, a fifth of an epoch
     batch_size: int = Field(16, gt=0)
     max_steps: int = 100
@@ -53,7 +55,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
 class Params(Section):
     """What prune reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     prune: PruneParams = PruneParams()
     evaluate: Measurement = Measurement()

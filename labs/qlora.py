@@ -29,7 +29,7 @@ from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig
 
 from labs.core.adapters import AdapterParams, seed_spread, train_adapter
-from labs.core.config import SEED, Section, Tier, view
+from labs.core.config import SEED, Section, Seed, Tier, view
 from labs.core.evaluation import MeasureParams, exact_match
 from labs.core.models import DTYPES, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, safetensors_mb, save_model
@@ -40,8 +40,11 @@ class QLoraParams(AdapterParams):
     """LoRA (or DoRA) on a base quantized to 4 bits by bitsandbytes; compute dtype = `precision`."""
 
     method: Literal["lora", "dora"] = "lora"
+    """the adapter on the 4-bit base: lora | dora (QDoRA)"""
     quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True  # quantize the quantization constants too (QLoRA paper, ~0.4 bit/param saved)
+    """bitsandbytes 4-bit format: nf4 | fp4"""
+    double_quant: bool = True
+    """quantize the quantization constants too (QLoRA paper, ~0.4 bit/param saved)"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -51,7 +54,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
 class Params(Section):
     """What qlora reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     qlora: QLoraParams = QLoraParams()
     evaluate: Measurement = Measurement()

@@ -43,7 +43,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from labs.core.config import SEED, ConfigError, Section, Tier, TrainParams, view
+from labs.core.config import SEED, ConfigError, Section, Seed, Tier, TrainParams, view
 from labs.core.data import DataError, chat_prompt, read_jsonl
 from labs.core.evaluation import (
     SINGLE_PROMPTS,
@@ -68,6 +68,7 @@ class QATParams(TrainParams):
     max_length: int = Field(128, gt=0)
     batch_size: int = Field(16, gt=0)
     max_steps: int = 100
+    """steps of the QAT fine-tune"""
     lr: float = Field(1e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
 
@@ -76,10 +77,15 @@ class QuantizeParams(Section):
     """Post-training quantization (and QAT) of the SFT model and the distilled student."""
 
     method: Literal["all"] | QuantMethod = "all"  # all: every method this device can run, one row each
+    """one method, or all: every method this device can run, one row each"""
     models: list[Literal["sft", "distill"]] = ["sft", "distill"]
-    student_methods: list[QuantMethod] = ["int8", "nf4"]  # the distilled student's quantized rows
-    group_size: int = Field(32, gt=0)  # torchao int4 / QAT: weights per quantization scale
+    """directories under models/ that are quantized"""
+    student_methods: list[QuantMethod] = ["int8", "nf4"]
+    """the distilled student's quantized rows"""
+    group_size: int = Field(32, gt=0)
+    """torchao int4 / QAT: weights per quantization scale"""
     qat: QATParams = QATParams()
+    """quantization-aware training's fine-tune with int4 fake-quantized weights"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -89,7 +95,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision", "
 class Params(Section):
     """What quantize reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     quantize: QuantizeParams = QuantizeParams()
     evaluate: Measurement = Measurement()

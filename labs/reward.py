@@ -31,7 +31,7 @@ from datasets import Dataset
 from pydantic import Field
 from trl import RewardConfig, RewardTrainer
 
-from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import preference_chats, read_jsonl
 from labs.core.evaluation import (
     MeasureParams,
@@ -53,13 +53,18 @@ class RewardParams(TrainParams):
     batch_size: int = Field(16, gt=0)
     epochs: float = Field(2, gt=0)
     lr: float = Field(5e-4, gt=0)
-    center_rewards: float | None = Field(None, ge=0)  # TRL's center_rewards_coefficient: pulls rewards to mean 0
+    center_rewards: float | None = Field(None, ge=0)
+    """TRL's center_rewards_coefficient: pulls rewards to mean 0"""
     # dataset: the preference file's pairs. with_on_policy: plus pairs from the SFT model's own wrong answers
     # (sampled on `on_policy_prompts` of those prompts, checked against the chosen answer)
     pairs: Literal["dataset", "with_on_policy"] = "with_on_policy"
+    """training pairs: dataset | with_on_policy (plus the SFT model's own wrong answers)"""
     on_policy_prompts: int = Field(2000, gt=0)
+    """with_on_policy: prompts the SFT model answers"""
     on_policy_samples: int = Field(4, gt=0)
-    samples_per_prompt: int = Field(4, gt=0)  # sampled SFT answers per held-out prompt for the correlations
+    """with_on_policy: answers sampled per prompt"""
+    samples_per_prompt: int = Field(4, gt=0)
+    """sampled SFT answers per held-out prompt for the correlations"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -69,7 +74,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
 class Params(Section):
     """What reward reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     reward: RewardParams = RewardParams()
     evaluate: Measurement = Measurement()

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from labs.core.config import SEED, Section
+from labs.core.config import SEED, Section, Seed
 from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import exact_match, generate
 from labs.core.models import load_model, load_tokenizer, require
@@ -59,24 +59,36 @@ class ServeParams(Section):
     """An OpenAI-compatible server for one model and a load test against it."""
 
     model: str = "sft"
+    """directory under models/ that is served"""
     host: str = "127.0.0.1"  # loopback unless told otherwise
-    port: int = Field(0, ge=0, le=65535)  # 0: any free port
+    """address the server binds (127.0.0.1: this machine only)"""
+    port: int = Field(0, ge=0, le=65535)
+    """0: any free port"""
     continuous_batching: bool = True
+    """let the server batch requests as they arrive"""
     concurrency: list[Annotated[int, Field(gt=0)]] = [1, 4, 16, 64]
+    """concurrent clients of each load level"""
     requests_per_client: int = Field(16, gt=0)  # enough that a level is not mostly ramp-up and tail
+    """requests each client sends in a level"""
     max_tokens: int = Field(48, gt=0)
+    """tokens each answer may have"""
     startup_timeout_s: int = Field(180, gt=0)
-    rounds: int = Field(5, gt=0)  # interleaved; each level keeps its fastest round: the machine's speed drifts
+    """seconds to wait for the server to answer"""
+    rounds: int = Field(5, gt=0)
+    """interleaved; each level keeps its fastest round: the machine's speed drifts"""
     # continuous batching's paged KV cache: unset, transformers serve takes 60% of RAM for it on CPU
     cache_blocks: int = Field(256, gt=0)
-    block_size: int = Field(64, gt=0)  # tokens per cache block
-    max_batch_tokens: int = Field(2048, gt=0)  # tokens one forward may hold
+    """blocks of continuous batching's paged KV cache"""
+    block_size: int = Field(64, gt=0)
+    """tokens per cache block"""
+    max_batch_tokens: int = Field(2048, gt=0)
+    """tokens one forward may hold"""
 
 
 class Params(Section):
     """What serve reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     serve: ServeParams = ServeParams()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import Field
 from trl import SFTTrainer
 
-from labs.core.config import SEED, Section, Tier, TrainParams, view
+from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.evaluation import MeasureParams
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
 from labs.core.run import run_card, safetensors_mb, save_model
@@ -39,7 +39,7 @@ Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
 class Params(Section):
     """What sft reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     tier: Tier = "cpu"
     sft: SFTParams = SFTParams()
     evaluate: Measurement = Measurement()

@@ -32,7 +32,7 @@ import torch
 from pydantic import Field
 from transformers.generation import candidate_generator
 
-from labs.core.config import SEED, Section, view
+from labs.core.config import SEED, Section, Seed, view
 from labs.core.data import chat_prompt, read_jsonl
 from labs.core.evaluation import MeasureParams
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
@@ -42,15 +42,24 @@ class SpeculativeParams(Section):
     """Assisted generation with a draft model, and prompt lookup decoding, against plain decoding."""
 
     target: str = "sft"  # directories under models/
+    """directory under models/ whose answers are sped up"""
     draft: str = "distill/student"  # same tokenizer, several times smaller
-    draft_tokens: list[Annotated[int, Field(gt=0)]] = [4, 8, 16]  # tokens the draft proposes per target forward
+    """directory under models/ that proposes tokens (same tokenizer, smaller)"""
+    draft_tokens: list[Annotated[int, Field(gt=0)]] = [4, 8, 16]
+    """tokens the draft proposes per target forward"""
     # constant: exactly draft_tokens each time; heuristic: transformers grows / shrinks it with acceptance
     schedule: Literal["constant", "heuristic"] = "constant"
+    """constant: draft_tokens each time | heuristic: adapted to the acceptance"""
     prompt_lookup_tokens: int = Field(10, gt=0)
+    """prompt lookup decoding: tokens copied from the prompt per proposal"""
     temperature: float = Field(0.7, gt=0)  # the sampled comparison
+    """sampling temperature of the sampled comparison"""
     prompts: int = Field(64, gt=0)
+    """held-out prompts each variant answers"""
     max_new_tokens: int = Field(48, gt=0)
+    """tokens each answer may have"""
     rounds: int = Field(3, gt=0)
+    """interleaved timing rounds; each variant keeps its best"""
 
 
 # the keys of the evaluate section this lab's held-out measurements use
@@ -60,7 +69,7 @@ Measurement = view(MeasureParams, "precision")
 class Params(Section):
     """What speculative reads from params.yaml."""
 
-    seed: int = SEED
+    seed: Seed = SEED
     speculative: SpeculativeParams = SpeculativeParams()
     evaluate: Measurement = Measurement()
 

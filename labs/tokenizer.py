@@ -26,7 +26,9 @@ from labs.core.run import atomic_path
 
 class TokenizerParams(Section):
     vocab_size: int = Field(512, ge=64)
+    """most tokens the BPE may have (special tokens included)"""
     min_frequency: int = Field(2, ge=1)
+    """fewest occurrences a pair needs to be merged"""
 
 
 class Params(Section):

@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from labs.core import kernels
 from labs.registry import LABS
+from labs.tools.stages import upstream_stages as stages_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +56,8 @@ TINY = {
 
 # HF_HUB_OFFLINE: no test may reach a model hub; a hub id must fail at once, not after a timeout.
 # LLAMA_CPP_DIR: the workspaces are copies without build/; `just llama-cpp` put the converter in this checkout's.
-ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+# LAB_VENV: the `just` recipes a test runs use this environment, not a .venv of their own in each workspace.
+ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "LAB_VENV": sys.prefix,
        "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp"))}
 
 
@@ -137,14 +139,8 @@ def build_order(ws: Path) -> list[str]:
 
 
 def upstream_stages(ws: Path) -> dict[str, set[str]]:
-    """stage -> the stages whose outputs it reads, from dvc.yaml's deps, outs, metrics and plots."""
-    stages = yaml.safe_load((ws / "dvc.yaml").read_text())["stages"]
-    made_by = {}
-    for name, stage in stages.items():
-        for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
-            made_by[entry if isinstance(entry, str) else next(iter(entry))] = name
-    return {name: {made_by[out] for dep in stage.get("deps", []) for out in made_by
-                   if dep == out or dep.startswith(out + "/")} for name, stage in stages.items()}
+    """stage -> the stages whose outputs it reads, in workspace `ws`."""
+    return stages_upstream(yaml.safe_load((ws / "dvc.yaml").read_text())["stages"])
 
 
 def run_in_parallel(ws: Path, stages: list[str], done: set[str], slots: int = 2, timeout: int = 1800) -> None:

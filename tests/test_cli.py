@@ -1,6 +1,7 @@
 """The front door: `lab` and `just` list labs, explain them, and refuse bad input in one line."""
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -19,6 +20,11 @@ def test_lab_lists_every_stage_of_the_pipeline():
 def test_lab_help_documents_the_lab():
     out = lab("sft", "--help", cwd=ROOT).stdout
     assert "SFTTrainer" in out and "dvc exp run -S" in out and "--set" in out
+    # every key sft reads, with its cpu default and help line: its own, inherited and viewed keys alike
+    rows = {line.split()[0]: line for line in out.split("params (")[1].splitlines()[1:]}
+    assert list(rows)[:3] == ["seed", "tier", "sft.lr"]
+    assert rows["sft.lr"].split()[1:] == ["0.002", "peak", "learning", "rate"]
+    assert "evaluate.batch_size" in rows and "evaluate.reward_model" not in rows
 
 
 def test_unknown_lab_is_one_line_and_exit_2():
@@ -95,3 +101,42 @@ def test_readme_results_are_generated_from_committed_metrics():
 def test_ci_runs_the_readme_test_command():
     assert "just test" in (ROOT / ".ci/run").read_text()
     assert "just test" in (ROOT / "README.md").read_text()
+
+
+PIP_STUB = """#!/bin/sh
+# records each call and the requirements it was given: the recipe's logic is under test, not pip's
+echo "pip $*" >> "$PIP_LOG"
+for arg in "$@"; do [ "$previous" = -r ] && cat "$arg" >> "$PIP_LOG.requirements"; previous=$arg; done
+"""
+
+
+def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_changes(tmp_path):
+    for name in ("justfile", "pyproject.toml", "docker/locks/ci.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    bin = tmp_path / ".venv/bin"
+    bin.mkdir(parents=True)
+    for name, text in (("python", "#!/bin/sh\n"), ("pip", PIP_STUB)):
+        (bin / name).write_text(text)
+        (bin / name).chmod(0o755)
+    log = tmp_path / "pip.log"
+    env = {"LAB_VENV": "", "PIP_LOG": str(log)}  # no environment of the caller's: the recipe's own .venv
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    run(["just", "_env"], cwd=tmp_path, env=env)
+    first = calls()
+    assert len(first) == 4, first
+    assert "--upgrade pip" in first[0] and "torch==2.13.0+cpu" in first[1]
+    assert "--require-hashes -r" in first[2] and "--no-deps -e ." in first[3]
+    requirements = (tmp_path / "pip.log.requirements").read_text()
+    assert "\ntransformers==" in requirements and "\nllama-cpp-python==" not in requirements  # built on demand
+
+    run(["just", "_env"], cwd=tmp_path, env=env)
+    assert calls() == first, "an unchanged lock installs nothing"
+
+    with (tmp_path / "docker/locks/ci.txt").open("a") as lock:
+        lock.write("# a changed lock\n")
+    proc = run(["just", "_env"], cwd=tmp_path, env=env)
+    assert len(calls()) == 8 and "setting up .venv" in proc.stderr

@@ -120,8 +120,11 @@ def test_locks_are_hash_pinned_and_agree():
 
 
 def test_ci_installs_from_the_lock():
+    """CI installs what a user gets: nothing of its own, the .venv `just test` makes from the lock, by hash."""
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "--require-hashes -r docker/locks/ci.txt" in ci
+    assert "pip install" not in ci and ci.index("rm -rf .venv") < ci.index("\njust test")
+    env = (ROOT / "justfile").read_text().split("\n_env:")[1].split("\n\n")[0]
+    assert "pip install --quiet --require-hashes" in env and "docker/locks/ci.txt)" in env
 
 
 def test_compose_services():

@@ -89,8 +89,11 @@ def test_every_install_builds_llama_cpp_from_the_one_flags_file():
     for path, lock in (("docker/cpu.Dockerfile", "/tmp/cpu.txt"), ("docker/gpu.Dockerfile", "/tmp/cuda.txt")):
         text = (root / path).read_text()
         assert text.index(sourced) < text.index(f"-r {lock}"), f"{path}: the flags before the lock's install"
-    for path in (".ci/run", "justfile"):
-        text = (root / path).read_text()
-        assert text.index(". docker/llama-cpp.env; set +a") < text.index("-r docker/locks/ci.txt"), path
-        assert "--no-cache-dir" in text.split("-r docker/locks/ci.txt")[0].splitlines()[-1], \
-            f"{path}: a wheel cached from a build with other flags must not be reused"
+    # the venv: the lock without llama-cpp-python, then `just llama-cpp` builds it with the flags, uncached
+    justfile = (root / "justfile").read_text()
+    assert "awk '/^llama-cpp-python==/ {skip = 1}" in justfile.split("\n_env:")[1].split("\n\n")[0]
+    recipe = justfile.split("\nllama-cpp: _env")[1].split("\n\n")[0]
+    assert recipe.index(". docker/llama-cpp.env; set +a") < recipe.index('-r <(echo "$pin")')
+    assert "--no-cache-dir" in recipe.split('-r <(echo "$pin")')[0].splitlines()[-1], \
+        "a wheel cached from a build with other flags must not be reused"
+    assert "pip install" not in (root / ".ci/run").read_text(), "CI installs through the justfile, as users do"

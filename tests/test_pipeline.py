@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -44,6 +45,17 @@ def test_every_stage_leaves_its_outputs(built):
     assert run_stats["git_revision"] and run_stats["kernels"]["pins"] == dict.fromkeys(kernels.PINS), \
         "the run block records the kernels the tiny build ran with: the fast switch (tests/conftest.py)"
     assert not list(built.glob(".checkpoints/sft/*")), "a finished run leaves no checkpoints to resume from"
+
+
+def test_training_logs_progress_lines_not_raw_dicts(built):
+    """Under a pipe (DVC's output in CI) each logging step is one plain line: step / total, loss, tokens/s, time
+    left; no carriage returns, no dicts of the trainer's logs."""
+    log = (built / ".sft.log").read_text()
+    step = r"^sft: step \d+/\d+ \(\d+%\)  loss \d+\.\d{4}  [\d,]+ tok/s  \d+:\d\d left$"
+    assert re.search(step, log, re.M), log[-2000:]
+    assert re.search(r"^sft: eval loss \d+\.\d{4}$", log, re.M), log[-2000:]
+    assert "\r" not in log and "{'loss'" not in log and "{'eval_loss'" not in log
+    assert "sft finished in" in log and "next: just lab lora" in log
 
 
 def test_pretraining_lowers_validation_loss(built):
@@ -154,6 +166,15 @@ def test_just_lab_refreshes_evaluate_only_when_nothing_else_must_be_built(built_
     refreshed = ("Running stage 'evaluate'", "Stage 'evaluate' is cached")
     assert any(line in proc.stdout for line in refreshed) and "not refreshed" not in proc.stderr, proc.stdout
     assert load(built_copy / "metrics/evaluate.json")["models"]["sft"]
+    assert "sft is up to date: nothing to run" in proc.stderr, proc.stderr
+
+    # before it starts, `just lab` names the stages DVC will run, in curriculum order
+    params["dpo"]["lr"] /= 2
+    params["prepare"]["val_fraction"] = 0.1
+    (built_copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run(["just", "lab", "tokenizer"], cwd=built_copy)
+    assert "dvc repro tokenizer runs: prepare tokenizer\n" in proc.stderr, proc.stderr
+    assert "tokenizer finished in" in proc.stdout and "next: just lab pretrain" in proc.stdout, proc.stdout
 
 
 def test_data_regenerates_the_same_bytes(built_copy):

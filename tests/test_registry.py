@@ -5,8 +5,9 @@ import copy
 from pathlib import Path
 
 import yaml
+from pydantic import Field
 
-from labs.core.config import resolve_tier
+from labs.core.config import Section, TrainParams, resolve_tier
 from labs.registry import LABS, STAGELESS, all_params_schema
 from labs.tools.stages import code_deps, mismatches
 
@@ -78,3 +79,30 @@ def test_a_default_that_disagrees_is_named():
 
     assert [line.split(":")[0] for line in disagreements(defaults, cpu_view(change))] == [
         "pretrain.model.num_layers", "dpo.beta", "decode.strategies.greedy.num_beams"]
+
+
+def undocumented(schema: type[Section], where: str = "") -> list[str]:
+    """Every key under `schema` without a one-line help (a nested section is documented by its own keys)."""
+    found = []
+    for key, field in schema.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            found += undocumented(field.annotation, f"{where}{key}.")
+        elif not field.description or "\n" in field.description:
+            found.append(f"{where}{key}")
+    return found
+
+
+def test_every_key_of_params_yaml_has_one_help_line():
+    assert undocumented(all_params_schema()) == []
+
+
+def test_a_key_without_help_is_named_and_a_redeclared_key_keeps_its_help():
+    class Recipe(TrainParams):
+        lr: float = Field(5e-5, gt=0)  # a new default: TrainParams' help line still applies
+        steps_per_eval: int = 10
+        shuffle: bool = True
+        """two lines
+        of help"""
+
+    assert Recipe.model_fields["lr"].description == TrainParams.model_fields["lr"].description
+    assert undocumented(Recipe, "recipe.") == ["recipe.steps_per_eval", "recipe.shuffle"]

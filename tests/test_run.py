@@ -1,8 +1,10 @@
 """Run helpers: resumable checkpoints, fingerprints."""
 
+import io
 import json
+from types import SimpleNamespace
 
-from labs.core.run import checkpoint_dir, last_checkpoint
+from labs.core.run import checkpoint_dir, last_checkpoint, show_progress
 
 
 def test_last_checkpoint_skips_and_drops_a_partial_one(tmp_path):
@@ -71,3 +73,49 @@ def test_a_saved_tokenizer_does_not_depend_on_whether_the_hub_was_reachable(tmp_
         saved[offline] = (out / "tokenizer_config.json").read_text()
     assert saved["1"] == saved["0"]
     assert "local_files_only" not in json.loads(saved["1"])
+
+
+class Terminal(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def progress_of_a_run(tty: bool) -> str:
+    """What show_progress writes for an evaluation, four steps logged every second step, and one more evaluation."""
+    from transformers import PrinterCallback
+
+    callbacks = [PrinterCallback()]
+    trainer = SimpleNamespace(callback_handler=SimpleNamespace(callbacks=callbacks), add_callback=callbacks.append,
+                              remove_callback=lambda kind: callbacks.remove(next(c for c in callbacks
+                                                                                 if isinstance(c, kind))))
+    stream = Terminal(tty)
+    show_progress(trainer, "sft", stream)
+    show_progress(trainer, "sft", stream)  # a second call (fit, then train_resumable) adds nothing
+    assert len(callbacks) == 1 and type(callbacks[0]).__name__ == "ProgressLine"
+    line, state = callbacks[0], SimpleNamespace(global_step=0, max_steps=4, num_input_tokens_seen=0)
+    line.on_log(None, state, None, logs={"eval_loss": 2.5})
+    line.on_train_begin(None, state, None)
+    for step in range(1, 5):
+        state.global_step, state.num_input_tokens_seen = step, 100 * step
+        line.on_step_end(None, state, None)
+        if step % 2 == 0:
+            line.on_log(None, state, None, logs={"loss": 1 / step})
+    line.on_train_end(None, state, None)
+    line.on_log(None, state, None, logs={"eval_loss": 0.5})
+    return stream.getvalue()
+
+
+def test_progress_is_one_line_redrawn_on_a_terminal_and_plain_lines_in_a_log():
+    log = progress_of_a_run(tty=False).splitlines()
+    assert "\r" not in "".join(log) and len(log) == 4, log
+    assert log[0] == "sft: eval loss 2.5000" and log[3] == "sft: eval loss 0.5000"
+    assert log[1].startswith("sft: step 2/4 (50%)  loss 0.5000  ") and log[1].endswith(" left")
+    assert log[2].startswith("sft: step 4/4 (100%)  loss 0.2500  ") and " tok/s  0:00 left" in log[2]
+
+    screen = progress_of_a_run(tty=True)
+    assert screen.count("\r\033[K") == 5 and screen.count("\n") == 3  # 4 redraws and the last; 2 evaluations
+    assert screen.split("\r\033[K")[-1].startswith("sft: step 4/4 (100%)  loss 0.2500")

@@ -27,18 +27,27 @@ class AdapterParams(TrainParams):
     epochs: float = Field(8, gt=0)  # 4 epochs never learned reverse on the 8-layer base
     lr: float = Field(3e-3, gt=0)
     method: Literal["lora", "dora", "prefix", "prompt", "ia3"] = "lora"
+    """which PEFT adapter trains: lora | dora | prefix | prompt | ia3"""
     rank: int = Field(8, gt=0)
+    """LoRA / DoRA: rank r of each update B @ A"""
     alpha: float = Field(16, gt=0)
+    """LoRA / DoRA: the update is scaled by alpha / rank"""
     dropout: float = Field(0.0, ge=0, lt=1)
+    """LoRA / DoRA: dropout on the adapter's input"""
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    """LoRA / DoRA: the linear layers that get an adapter"""
     num_virtual_tokens: int = Field(16, gt=0)  # prefix and prompt tuning
+    """prefix / prompt tuning: trained virtual tokens"""
     # lora / dora: also train these tokens' embedding rows (PEFT trainable_token_indices): tokens the base
     # never saw in pretraining, like the chat template's role markers, are otherwise stuck at their init.
     trainable_tokens: list[str] = ["<|user|>", "<|assistant|>", "<|end|>"]
+    """LoRA / DoRA: tokens whose embedding rows train too"""
     ia3_feedforward_modules: list[str] = ["down_proj"]  # (IA)^3 scales these modules' inputs, the rest's outputs
+    """(IA)^3: modules whose inputs are scaled (the others' outputs are)"""
     # Seeds the adapter is trained with again, after the run with the project's `seed`: the spread of exact-match
     # over all of them is reported beside the single run, so a reader knows what a rerun may give.
     seeds: list[int] = [1, 2]
+    """extra seeds the adapter is trained with, for exact-match's mean and spread"""
 
 
 MERGEABLE = {"lora", "dora", "ia3"}  # prefix / prompt tuning add virtual tokens: nothing to fold into weights

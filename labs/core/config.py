@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -27,43 +27,75 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
+    """A section of params.yaml. Each field's help line is the docstring under it (`lab NAME --help` lists
+    them); a field a subclass redeclares to change its default keeps its parent's help."""
+
     # Unknown keys are errors: a misspelt knob must not silently fall back to its default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        for name, field in cls.model_fields.items():
+            if field.description is None:
+                field.description = next((base.model_fields[name].description for base in cls.__mro__[1:]
+                                          if name in getattr(base, "model_fields", {})), None)
 
 
-Tier = Literal["cpu", "t4", "a100"]
+Tier = Annotated[Literal["cpu", "t4", "a100"], Field(description="hardware tier whose `tiers:` overrides apply")]
 Precision = Literal["fp32", "fp16", "bf16"]
 SEED = 1337  # params.yaml's `seed`: every lab that draws random numbers starts from it
+Seed = Annotated[int, Field(description="the seed every random draw of the lab starts from")]
 
 
 class ModelShape(Section):
     """A Llama built from scratch (CPU tier). Sizes are powers of two for fast matmuls."""
 
     hidden_size: int = Field(128, gt=0)
+    """width of the residual stream"""
     num_layers: int = Field(8, gt=0)
+    """decoder layers"""
     num_heads: int = Field(4, gt=0)
+    """attention heads per layer"""
     num_kv_heads: int = Field(4, gt=0)
+    """key/value heads (fewer than num_heads: grouped-query attention)"""
     intermediate_size: int = Field(512, gt=0)
+    """width of each MLP's hidden layer"""
     max_position_embeddings: int = Field(512, gt=0)
+    """longest sequence the rotary positions are built for"""
 
 
 class TrainParams(Section):
     """Knobs shared by every lab that hands a model to a library trainer."""
 
     lr: float = Field(1e-3, gt=0)
+    """peak learning rate"""
     batch_size: int = Field(32, gt=0)
+    """examples per device per optimizer step (before grad_accum)"""
     grad_accum: int = Field(1, gt=0)
+    """batches whose gradients add up to one optimizer step"""
     epochs: float = Field(1.0, gt=0)
+    """passes over the training data (ignored when max_steps > 0)"""
     max_steps: int = -1  # -1: run `epochs`; a positive value wins (the HF Trainer convention)
+    """optimizer steps; -1 runs `epochs` instead"""
     warmup_steps: int = Field(20, ge=0)
+    """steps of linear warm-up from 0 to lr"""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay"""
     lr_scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    """shape of the learning rate after warm-up"""
     max_length: int = Field(256, gt=0)
+    """tokens per training row; longer rows are cut"""
     save_steps: int = Field(50, gt=0)
+    """steps between checkpoints a killed run resumes from"""
     logging_steps: int = Field(10, gt=0)
+    """steps between logged losses (the curves in plots/)"""
     precision: Precision = "fp32"
+    """dtype of the weights and matmuls while training: fp32 | fp16 | bf16"""
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    """attention kernel: eager | sdpa | flash_attention_2"""
     gradient_checkpointing: bool = False
+    """recompute activations in the backward pass: less memory, more time"""
 
 
 class View(Section):

@@ -27,10 +27,15 @@ class MeasureParams(Section):
     other labs read through `view(MeasureParams, ...)`."""
 
     max_new_tokens: int = Field(48, gt=0)  # the longest gold answer (add, with worked steps) fits with room
+    """tokens each held-out answer may have"""
     batch_size: int = Field(64, gt=0)  # prompts generated together
-    precision: Precision = "fp32"  # weights' dtype when a lab loads a model to measure it
-    speed_prompts: int = Field(64, gt=0)  # held-out prompts each tokens/s measurement decodes (batch 1: the first 8)
+    """prompts generated together"""
+    precision: Precision = "fp32"
+    """weights' dtype when a lab loads a model to measure it"""
+    speed_prompts: int = Field(64, gt=0)
+    """held-out prompts each tokens/s measurement decodes (batch 1: the first 8)"""
     speed_rounds: int = Field(3, gt=0)  # interleaved rounds; the best of each model's rounds counts
+    """interleaved rounds of each tokens/s measurement; each model's best round counts"""
 
 
 def extract_answer(completion: str) -> str | None:

@@ -12,6 +12,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -245,6 +246,63 @@ def last_checkpoint(directory: Path) -> str | None:
     return None
 
 
+def show_progress(trainer, label: str, stream=None) -> None:
+    """Replace the trainer's printing of raw log dicts with one progress line: step / total, loss, tokens/s and
+    time left. On a terminal the line is redrawn in place each step; in a pipe or log (DVC under CI) a plain
+    line is printed per logging step, with no carriage returns. Evaluations outside training get a line each."""
+    from transformers import PrinterCallback, TrainerCallback
+
+    if any(type(callback).__name__ == "ProgressLine" for callback in trainer.callback_handler.callbacks):
+        return
+    stream = stream or sys.stdout
+
+    class ProgressLine(TrainerCallback):
+        live, training, loss = stream.isatty(), False, None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.training, self.started = True, time.perf_counter()
+            self.first_step, self.first_tokens = state.global_step, state.num_input_tokens_seen
+
+        def line(self, state) -> str:
+            seconds = max(time.perf_counter() - self.started, 1e-9)
+            done, total = state.global_step, state.max_steps
+            rate = (done - self.first_step) / seconds
+            left = f"{_clock((total - done) / rate)} left" if rate > 0 else ""
+            tokens = (state.num_input_tokens_seen - self.first_tokens) / seconds
+            parts = [f"{label}: step {done}/{total} ({100 * done // max(total, 1)}%)",
+                     f"loss {self.loss:.4f}" if self.loss is not None else "", f"{tokens:,.0f} tok/s" if tokens else "",
+                     left]
+            return "  ".join(part for part in parts if part)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.live:
+                stream.write("\r\033[K" + self.line(state))
+                stream.flush()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            self.loss = logs.get("loss", self.loss)
+            evaluation = f"eval loss {logs['eval_loss']:.4f}" if "eval_loss" in logs else ""
+            if not self.training:
+                if evaluation:
+                    print(f"{label}: {evaluation}", file=stream, flush=True)
+            elif not self.live and ("loss" in logs or evaluation):
+                print("  ".join(filter(None, [self.line(state), evaluation])), file=stream, flush=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.live:
+                stream.write("\r\033[K" + self.line(state) + "\n")
+            self.training = False
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(ProgressLine())
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else f"{minutes}:{seconds:02d}"
+
+
 def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
     """trainer.train(), resuming from the newest checkpoint in `checkpoints` if a killed run left one.
 
@@ -258,6 +316,7 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
             write_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", card)
 
     trainer.add_callback(SaveRunCard())
+    show_progress(trainer, card["lab"])
     resume = last_checkpoint(checkpoints)
     resumed = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}
     if resume:

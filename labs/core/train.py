@@ -15,7 +15,7 @@ from labs.core.config import Section, TrainParams
 from labs.core.data import assistant_turn, read_jsonl, user_turn
 from labs.core.evaluation import exact_match, generate, percent, perplexity
 from labs.core.models import trainer_kwargs
-from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, train_resumable
+from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, show_progress, train_resumable
 
 PREPARED = Path("data/prepared")
 
@@ -50,6 +50,7 @@ def train_on_corpus(params: Section, cfg: TrainParams, lab: str, model, tokenize
     card = run_card(lab, params, cfg)  # saved with every checkpoint and with the final model
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val,
                          processing_class=tokenizer)
+    show_progress(trainer, lab)
     metrics = {"val_loss_before": round(trainer.evaluate()["eval_loss"], 4)}
     if train:
         metrics |= train_resumable(trainer, checkpoints, card)
@@ -83,6 +84,7 @@ def fit(trainer, card: dict, lab: str) -> dict:
     """Train (resuming from the last checkpoint of the same run); validation loss before and after, the
     training stats, the loss curves in plots/."""
     checkpoints = Path(trainer.args.output_dir)
+    show_progress(trainer, lab)
     metrics = {"val_loss_before": round(trainer.evaluate()["eval_loss"], 4)}
     metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)

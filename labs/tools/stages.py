@@ -80,6 +80,14 @@ def params_entries(name: str) -> list[str]:
     return entries
 
 
+def upstream_stages(stages: dict) -> dict[str, set[str]]:
+    """stage -> the stages whose outputs it reads, from dvc.yaml's `stages` (deps against outs, metrics, plots)."""
+    made_by = {(next(iter(out)) if isinstance(out, dict) else out): stage for stage, spec in stages.items()
+               for key in ("outs", "metrics", "plots") for out in spec.get(key, [])}
+    return {stage: {made_by[out] for dep in spec.get("deps", []) for out in made_by
+                    if dep == out or dep.startswith(out + "/")} for stage, spec in stages.items()}
+
+
 def mismatches(stages: dict) -> list[str]:
     """One line per way dvc.yaml's `stages` disagree with the registry and the code."""
     problems = []

@@ -102,8 +102,8 @@ def progress_of_a_run(tty: bool) -> str:
     for step in range(1, 5):
         state.global_step, state.num_input_tokens_seen = step, 100 * step
         line.on_step_end(None, state, None)
-        if step % 2 == 0:
-            line.on_log(None, state, None, logs={"loss": 1 / step})
+        if step % 2 == 0:  # a trainer's loss, or an RL trainer's first loss term
+            line.on_log(None, state, None, logs={"loss": 1 / step} if step < 4 else {"loss/policy_avg": 1 / step})
     line.on_train_end(None, state, None)
     line.on_log(None, state, None, logs={"eval_loss": 0.5})
     return stream.getvalue()

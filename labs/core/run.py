@@ -281,12 +281,13 @@ def show_progress(trainer, label: str, stream=None) -> None:
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
-            self.loss = logs.get("loss", self.loss)
+            # the training loss, or for RL trainers their first loss term (PPO logs loss/policy_avg, ...)
+            self.loss = logs.get("loss", next((v for k, v in logs.items() if k.startswith("loss/")), self.loss))
             evaluation = f"eval loss {logs['eval_loss']:.4f}" if "eval_loss" in logs else ""
             if not self.training:
                 if evaluation:
                     print(f"{label}: {evaluation}", file=stream, flush=True)
-            elif not self.live and ("loss" in logs or evaluation):
+            elif not self.live:
                 print("  ".join(filter(None, [self.line(state), evaluation])), file=stream, flush=True)
 
         def on_train_end(self, args, state, control, **kwargs):

@@ -87,8 +87,12 @@ def plan(name: str) -> list[str]:
     def closure(stage: str) -> set[str]:
         return {stage}.union(*(closure(up) for up in upstream[stage]))
 
-    status = subprocess.run(["dvc", "status", "--with-deps", "--json", name], capture_output=True, text=True)
-    stale = set(json.loads(status.stdout or "{}")) if status.returncode == 0 else set(closure(name))
+    try:  # no answer from DVC: every stage up to `name` may run
+        status = subprocess.run(["dvc", "status", "--with-deps", "--json", name], capture_output=True, text=True,
+                                check=True)
+        stale = set(json.loads(status.stdout or "{}"))
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        stale = closure(name)
     runs = {stage for stage in closure(name) if closure(stage) & stale}
     return [stage for stage in LABS if stage in runs]
 

@@ -28,9 +28,10 @@ TINY = {
     # the CPU tier's earlier 4-layer model, on which every effect below was measured: the 8-layer default
     # (deep enough for speculative decoding to pay) would take `just test` past 15 minutes
     "pretrain": {"model": {"num_layers": 4}, "lr": 3.0e-3},
-    # lora and qlora keep the 4-layer model's schedule (their effect is asserted like sft's: EM 32 and 36
-    # measured on this config); the other methods only need to show that they train
-    "lora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
+    # lora and qlora: their effect is asserted like sft's. LoRA takes 6 epochs: at 4 its held-out EM swung from
+    # 14 to 54 with the CPU's kernels (AVX-512 vs AVX2 on one Xeon), at 6 it gave 78 and 69; QLoRA gave 40 and 43
+    # at 4. The other methods only need to show that they train.
+    "lora": {"epochs": 6, "lr": 5.0e-3, "seeds": []},
     "qlora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
     # the seed spread on a short adapter run: dora, retrained with one more seed (`seeds` of a method here)
     "peft_methods": {"methods": {"dora": {"max_steps": 60, "seeds": [1]}, "prefix": {"max_steps": 60},
@@ -66,10 +67,12 @@ def parallel() -> bool:
     return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
 
 
-# The tiny curriculum's effect thresholds (test_alignment, test_report) were measured with each library's own
-# kernels on AVX-512 CPUs; under the AVX2 pins four of them fall short (ORPO's fitted preference accuracy, PPO's
-# and GRPO's rises, SFT's win rate over the base) until their schedules are retuned. So test commands run with
-# the fast switch, and the tests of what the pins promise ask for them: PINNED (test_kernels, the resume test).
+# Test commands run with the fast switch (each library's own kernels: quicker, and other bits on every CPU
+# generation), so the tiny curriculum's effect thresholds must hold whatever the kernels, not by bit-exactness.
+# On an AVX-512/AMX Xeon the stages after sft (lora, qlora, dpo and its variants, ppo, grpo, evaluate's win
+# rate) passed under the fast switch and under the pins alike, once lora and ORPO were retuned (their comments);
+# GRPO's rise is the thinnest (mean reward 0.42 -> 0.43 under both). The tests of what the pins promise ask
+# for them: PINNED (test_kernels, the resume test).
 PINNED = {**kernels.PINS, kernels.FAST_SWITCH: "0"}
 FAST = {kernels.FAST_SWITCH: "1"}
 

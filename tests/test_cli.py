@@ -3,6 +3,7 @@
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -110,21 +111,28 @@ for arg in "$@"; do [ "$previous" = -r ] && cat "$arg" >> "$PIP_LOG.requirements
 """
 
 
-def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_changes(tmp_path):
-    for name in ("justfile", "pyproject.toml", "docker/locks/ci.txt"):
+def stub_environment(tmp_path: Path, venv: str, files: tuple[str, ...]):
+    """A checkout of `files` whose `venv` holds stub python and pip: returns the env for `just` and a reader of the
+    pip calls made so far."""
+    for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
-    bin = tmp_path / ".venv/bin"
+    bin = tmp_path / venv / "bin"
     bin.mkdir(parents=True)
     for name, text in (("python", "#!/bin/sh\n"), ("pip", PIP_STUB)):
         (bin / name).write_text(text)
         (bin / name).chmod(0o755)
     log = tmp_path / "pip.log"
-    env = {"LAB_VENV": "", "PIP_LOG": str(log)}  # no environment of the caller's: the recipe's own .venv
+    env = {"LAB_VENV": "", "PIP_LOG": str(log)}  # no environment of the caller's: the recipe's own
 
     def calls() -> list[str]:
         return log.read_text().splitlines() if log.exists() else []
 
+    return env, calls
+
+
+def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_changes(tmp_path):
+    env, calls = stub_environment(tmp_path, ".venv", ("justfile", "pyproject.toml", "docker/locks/ci.txt"))
     run(["just", "_env"], cwd=tmp_path, env=env)
     first = calls()
     assert len(first) == 4, first
@@ -143,20 +151,7 @@ def test_the_environment_is_made_on_first_use_and_again_only_when_the_lock_chang
 
 
 def test_the_vllm_environment_is_its_own_and_made_once_per_lock(tmp_path):
-    for name in ("justfile", "docker/locks/vllm.txt"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, tmp_path / name)
-    bin = tmp_path / ".venv-vllm/bin"
-    bin.mkdir(parents=True)
-    for name, text in (("python", "#!/bin/sh\n"), ("pip", PIP_STUB)):
-        (bin / name).write_text(text)
-        (bin / name).chmod(0o755)
-    log = tmp_path / "pip.log"
-    env = {"LAB_VENV": "", "PIP_LOG": str(log)}
-
-    def calls() -> list[str]:
-        return log.read_text().splitlines() if log.exists() else []
-
+    env, calls = stub_environment(tmp_path, ".venv-vllm", ("justfile", "docker/locks/vllm.txt"))
     run(["just", "vllm-env"], cwd=tmp_path, env=env)
     first = calls()
     assert len(first) == 3, first

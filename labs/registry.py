@@ -35,7 +35,7 @@ LABS = {
     "decode": "decoding strategies side by side: exact-match against diversity, reward and tokens/s",
     "attention": "attention implementations and KV cache on / off / static: tokens/s and cache memory",
     "speculative": "assisted generation with the distilled student as draft, and prompt lookup decoding",
-    "serve": "an OpenAI-compatible server (transformers serve) under load against sequential generate",
+    "serve": "vLLM, llama-server and transformers serve under one load, against sequential generate",
     "evaluate": "exact-match per task family and perplexity for every model, one table",
 }
 STAGELESS = {"data"}

@@ -54,15 +54,19 @@ TINY = {
     "decode": {"prompts": 64, "diversity_prompts": 16, "diversity_runs": 2},
     "attention": {"prompt_lengths": [64], "new_tokens": [32], "rounds": 1},
     "speculative": {"draft_tokens": [4], "prompts": 8, "rounds": 1},
-    "serve": {"concurrency": [1, 8], "requests_per_client": 2, "rounds": 1},
+    "serve": {"concurrency": [1, 8], "requests_per_client": 2, "rounds": 1, "slots": 8},
 }
 
 
 # HF_HUB_OFFLINE: no test may reach a model hub; a hub id must fail at once, not after a timeout.
 # LLAMA_CPP_DIR: the workspaces are copies without build/; `just llama-cpp` put the converter in this checkout's.
 # LAB_VENV: the `just` recipes a test runs use this environment, not a .venv of their own in each workspace.
+# LAB_VLLM_VENV, LAB_LLAMA_SERVER: serve's engines, built once in this checkout by `just test`'s dependencies
+# (`just vllm-env`, `just llama-server`: ~1 and ~5 min the first time, then reused while their inputs stay).
 ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "LAB_VENV": sys.prefix,
-       "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp"))}
+       "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp")),
+       "LAB_VLLM_VENV": os.environ.get("LAB_VLLM_VENV", str(ROOT / ".venv-vllm")),
+       "LAB_LLAMA_SERVER": os.environ.get("LAB_LLAMA_SERVER", str(ROOT / "build/llama-server/llama-server"))}
 
 
 def parallel() -> bool:
@@ -111,8 +115,9 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
     """A copy of the project (code, dvc.yaml, tiny params) in its own git + DVC repository."""
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "labs", path / "labs", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", "justfile", "data.dvc", "data/.gitignore"):
-        (path / name).parent.mkdir(exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", "justfile", "data.dvc", "data/.gitignore",
+                 "docker/locks/vllm.txt", "docker/llama-cpp.env"):  # serve's engine builds are stage deps
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

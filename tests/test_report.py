@@ -20,10 +20,14 @@ from tests.conftest import run
 BAR, LINE = (0x4C, 0x72, 0xB0), (0x1F, 0x77, 0xB4)
 
 
-def table_rows(page: str, title: str) -> dict[str, list[str]]:
-    table = page.split(f"<h2>{title}</h2>", 1)[1].split("</table>", 1)[0]
+def table_rows_list(page: str, title_start: str) -> list[list[str]]:
+    table = page.split(f"<h2>{title_start}", 1)[1].split("</table>", 1)[0]
     rows = re.findall(r"<tr><td>(.*?)</td>(.*?)</tr>", table)
-    return {name: re.findall(r"<td>(.*?)</td>", rest) for name, rest in rows}
+    return [[name, *re.findall(r"<td>(.*?)</td>", rest)] for name, rest in rows]
+
+
+def table_rows(page: str, title: str) -> dict[str, list[str]]:
+    return {row[0]: row[1:] for row in table_rows_list(page, f"{title}</h2>")}
 
 
 def chromium() -> str:
@@ -66,7 +70,11 @@ def test_report_numbers_are_the_metrics(report, built):
     assert f"| sft | {evaluate['sft']['parameters']} | {evaluate['sft']['exact_match']['overall']} |" in summary
     # self-contained: every chart is embedded, nothing is fetched
     charts = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', page)
-    assert set(charts) >= {"loss_curves", "reward_curves", "exact_match", "compression", "peft", "decoding"}
+    assert set(charts) >= {"loss_curves", "reward_curves", "exact_match", "compression", "peft", "decoding",
+                           "serving"}
+    serve = json.loads((built / "metrics" / "serve.json").read_text())["engines"]
+    assert [r[0] for r in table_rows_list(page, "Serving engines")] == [
+        row["engine"] for row in serve for _ in row["levels"]]
     assert "http://" not in page and "https://" not in page
 
 

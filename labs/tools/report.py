@@ -76,6 +76,16 @@ def peft_table(comparison: list[dict]) -> tuple[str, list[str], list[list]]:
     return "Parameter-efficient fine-tuning (`peft_methods`)", header, rows
 
 
+def serving_table(serve: dict) -> tuple[str, list[str], list[list]]:
+    header = ["engine", "clients", "req/s", "tok/s", "× its sequential", "× fastest sequential", "p50 ms", "p99 ms",
+              "TTFT p50 ms", "errors", "peak MB", "= generate %"]
+    rows = [[row["engine"], lv["concurrency"], lv["requests_per_s"], lv["output_tokens_per_s"],
+             lv["speedup_vs_sequential"], lv["speedup_vs_fastest_sequential"], lv["latency_ms_p50"],
+             lv["latency_ms_p99"], lv["ttft_ms_p50"], lv["errors"], row["peak_rss_mb"],
+             row["served_equals_generate_pct"]] for row in serve["engines"] for lv in row["levels"]]
+    return "Serving engines under load (speedup over sequential generate)", header, rows
+
+
 def html_table(title: str, header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
@@ -161,6 +171,17 @@ def charts(out: Path, metrics: dict) -> list[Path]:
         made.append(scatter_chart(out, "decoding", "Decoding: diversity against exact-match",
                                   {s["name"]: (s["answer_diversity"], s["exact_match"]["overall"])
                                    for s in metrics["decode"]["strategies"]}, "answer diversity %", "EM %"))
+    if serve := metrics.get("serve"):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for row in serve["engines"]:
+            ax.plot([lv["concurrency"] for lv in row["levels"]], [lv["output_tokens_per_s"] for lv in row["levels"]],
+                    marker="o", label=row["engine"])
+        ax.axhline(serve["fastest_sequential_tokens_per_s"], color="grey", linestyle="--",
+                   label="sequential generate (fastest)")
+        ax.set(title="Serving: output tokens/s by concurrent clients", xlabel="concurrent clients", ylabel="tokens/s",
+               xscale="log")
+        ax.legend(fontsize=7)
+        made.append(save(fig, out / "serving.png"))
     return [p for p in made if p is not None]
 
 
@@ -187,6 +208,8 @@ def build() -> dict:
         tables.append(compression_table(metrics["quantize"]))
     if "peft_methods" in metrics:
         tables.append(peft_table(peft_comparison(METRICS)))
+    if "serve" in metrics and "engines" in metrics["serve"]:
+        tables.append(serving_table(metrics["serve"]))
     if not tables:
         raise SystemExit("error: metrics/: no evaluate, quantize or peft_methods metrics yet (run `just repro`)")
 

@@ -102,20 +102,33 @@ def inference(metrics_dir: Path) -> list[str]:
                         f"{rows['greedy']['target_ms_per_forward']} ms)."
                         if (cost := spec["best_assisted"].get("draft_forward_cost_vs_target")) else ""))
     if serve := read_metrics("serve", metrics_dir):
-        seq = serve["sequential_generate"]
-        levels = "; ".join(f"{lv['concurrency']}: {lv['requests_per_s']} req/s, {lv['output_tokens_per_s']:.0f} tok/s "
-                           f"(**{lv['throughput_vs_sequential']}×**), p50/p95/p99 {lv['latency_ms_p50']:.0f}/"
-                           f"{lv['latency_ms_p95']:.0f}/{lv['latency_ms_p99']:.0f} ms, TTFT p50 "
-                           f"{lv['ttft_ms_p50']:.0f} ms, {lv['errors']} errors" for lv in serve["levels"])
-        lines.append(f"- `serve` ({serve['server']}, continuous batching {serve['continuous_batching']}, "
-                     f"{serve['max_tokens']} max tokens, {serve['requests_per_client']} requests per client; each "
-                     f"level and the baseline the fastest of {seq.get('rounds', 1)} interleaved rounds, errors of "
-                     f"all) by concurrency — {levels}. Sequential `generate`: {seq['requests_per_s']} req/s, "
-                     f"{seq['output_tokens_per_s']:.0f} tok/s. Malformed requests: "
-                     f"{sorted(set(serve['malformed_status'].values()))}; answers equal to `generate`'s: "
-                     f"{serve['served_equals_generate_pct']}%; the server's peak memory: "
-                     f"{serve.get('server_peak_rss_mb')} MB.")
+        lines += serving_table(serve)
     return lines
+
+
+def serving_table(serve: dict) -> list[str]:
+    """serve's engine x concurrency table: every engine behind the same guard, under the same load."""
+    lines = ["", f"`serve`: {serve['max_tokens']} max tokens, {serve['requests_per_client']} streamed requests per "
+             f"client; each level and its engine's sequential `generate` baseline the fastest of {serve['rounds']} "
+             f"interleaved rounds (errors of all rounds); × fastest: against the fastest of the engines' baselines "
+             f"({serve['fastest_sequential_tokens_per_s']:.0f} tok/s). Most tokens/s: **{serve['best']['engine']}** "
+             f"at concurrency {serve['best']['concurrency']}, {serve['best']['output_tokens_per_s']:.0f} tok/s, "
+             f"**{serve['best']['speedup_vs_fastest_sequential']}×** the fastest sequential `generate`.",
+             "", "| engine | clients | req/s | tok/s | × its sequential | × fastest | p50 / p95 / p99 ms | TTFT p50 ms "
+             "| errors | peak MB | = generate | hostile → | then 100 at once |", "|" + "---|" * 13]
+    for row in serve["engines"]:
+        refused = "/".join(str(code) for code in sorted(set(map(str, row["hostile_status"].values()))))
+        after = ", ".join(f"{n}× {code}" for code, n in row["after_hostile_100_concurrent"].items())
+        for i, lv in enumerate(row["levels"]):
+            first = i == 0
+            lines.append(f"| {row['engine'] if first else ''} | {lv['concurrency']} | {lv['requests_per_s']} | "
+                         f"{lv['output_tokens_per_s']:.0f} | {lv['speedup_vs_sequential']} | "
+                         f"**{lv['speedup_vs_fastest_sequential']}** | "
+                         f"{lv['latency_ms_p50']:.0f} / {lv['latency_ms_p95']:.0f} / {lv['latency_ms_p99']:.0f} | "
+                         f"{lv['ttft_ms_p50']:.0f} | {lv['errors']} | {row['peak_rss_mb'] if first else ''} | "
+                         f"{str(row['served_equals_generate_pct']) + '%' if first else ''} | "
+                         f"{refused if first else ''} | {after if first else ''} |")
+    return [*lines, ""]
 
 
 def compression(metrics_dir: Path) -> list[str]:

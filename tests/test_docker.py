@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # hadolint and docker-compose come with the dev packages
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
 COMPOSE = ROOT / "docker" / "compose.yaml"
-PROFILES = ["cpu", "t4", "a100", "vllm", "tgi"]
+PROFILES = ["cpu", "t4", "a100", "vllm", "vllm-cpu", "tgi"]
 LOCKS = {name: ROOT / "docker" / "locks" / f"{name}.txt" for name in ("cpu", "ci", "cuda", "vllm")}
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -34,8 +34,8 @@ def pins(lock: Path) -> dict[str, str]:
     return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", lock.read_text(), re.M))
 
 
-def test_both_dockerfiles_exist():
-    assert [p.name for p in DOCKERFILES] == ["cpu.Dockerfile", "gpu.Dockerfile"]
+def test_every_dockerfile_exists():
+    assert [p.name for p in DOCKERFILES] == ["cpu.Dockerfile", "gpu.Dockerfile", "vllm-cpu.Dockerfile"]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -80,8 +80,8 @@ def test_dockerfile_structure(dockerfile):
     assert any(i["instruction"] == "WORKDIR" and i["value"] == "/workspace" for i in df.structure)
 
     # every package from a hash-pinned lock, and no secret in the image
-    assert re.search(r"pip install --require-hashes -r /tmp/(cpu|cuda)\.txt", text)
-    assert re.search(r"COPY docker/locks/(cpu|cuda)\.txt", text)
+    assert re.search(r"pip install (--no-deps )?--require-hashes -r /tmp/(cpu|cuda|vllm)\.txt", text)
+    assert re.search(r"COPY docker/locks/(cpu|cuda|vllm)\.txt", text)
     for instruction in df.structure:
         if instruction["instruction"] in ("ENV", "ARG"):
             assert not re.search(r"(TOKEN|SECRET|PASSWORD|API_KEY)\s*=", instruction["value"], re.I), instruction
@@ -140,7 +140,7 @@ def test_ci_installs_from_the_lock():
 def test_compose_services():
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    assert {"lab-cpu", "lab-t4", "lab-a100", "vllm", "tgi"} <= set(services)
+    assert {"lab-cpu", "lab-t4", "lab-a100", "vllm", "vllm-cpu", "tgi"} <= set(services)
     version = PYPROJECT["project"]["version"]
     resolved = {}
     for profile in PROFILES:
@@ -160,20 +160,25 @@ def test_compose_services():
         assert bool(devices) == gpu, f"{name}: GPU reservation {devices}"
         for device in devices:
             assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    for name in ("vllm", "tgi"):
+    for name in ("vllm", "vllm-cpu", "tgi"):
         service = resolved[name]
         assert service["healthcheck"]["test"], name
         assert service.get("ipc") == "host" or service.get("shm_size"), f"{name}: no shared memory setting"
         assert all(v["read_only"] for v in service["volumes"]), f"{name}: models must be mounted read-only"
     assert resolved["vllm"]["image"].startswith("vllm/vllm-openai:v")
+    assert resolved["vllm-cpu"]["image"] == f"llm-lab:{version}-vllm-cpu", "vLLM on a CPU is built from our lock"
 
 
 def test_image_tags_name_version_python_torch_and_cuda():
     version = PYPROJECT["project"]["version"]
     torch = next(r for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch==")).split("==")[1]
     tags = {tier: subprocess.run([ROOT / "docker" / "image.sh", "tags", tier], capture_output=True, text=True,
-                                 check=True).stdout.split() for tier in ("cpu", "t4", "a100")}
+                                 check=True).stdout.split() for tier in ("cpu", "t4", "a100", "vllm-cpu")}
     assert tags["cpu"] == [f"llm-lab:{version}-cpu", f"llm-lab:{version}-cpu-py3.11-torch{torch}"]
     assert tags["a100"] == [f"llm-lab:{version}-a100", f"llm-lab:{version}-a100-py3.12-torch{torch}-cuda13.0"]
+    vllm = pins(LOCKS["vllm"])["vllm-cpu"]
+    assert tags["vllm-cpu"] == [f"llm-lab:{version}-vllm-cpu",
+                                f"llm-lab:{version}-vllm-cpu-py3.11-torch{torch}-vllm{vllm}"]
     bad = subprocess.run([ROOT / "docker" / "image.sh", "tags", "h100"], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: unknown tier 'h100' (expected one of: cpu t4 a100)"
+    assert bad.returncode == 2 and bad.stderr.strip() == \
+        "error: unknown tier 'h100' (expected one of: cpu t4 a100 vllm-cpu)"

@@ -1,4 +1,5 @@
-"""Build the cpu image for real and run `just lab sft` inside it on a tiny project (`just image test cpu`).
+"""Build the cpu image for real and run `just lab sft` inside it on a tiny project (`just image test cpu`); build
+the vLLM CPU serving image and serve a tiny model from it (`just image test vllm-cpu`).
 
 Where a Docker daemon answers, the image builds from its pinned base as a user's would. Elsewhere (CI here:
 root, no daemon, no registry) podman builds it on a Debian bookworm base made locally with debootstrap, and
@@ -8,10 +9,12 @@ tiers cannot be tested this way: their CUDA base and packages need a GPU host (s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -72,8 +75,8 @@ def local_build_flags(env: dict) -> str:
 
 @pytest.fixture(scope="module")
 def engine_env() -> dict:
-    if TIER != "cpu":
-        pytest.fail(f"the {TIER} image needs a GPU host and its CUDA base; here only `cpu` builds and runs")
+    if TIER not in ("cpu", "vllm-cpu"):
+        pytest.fail(f"the {TIER} image needs a GPU host and its CUDA base; here only `cpu` and `vllm-cpu` build")
     if docker_daemon():
         return {"ENGINE": "docker"}
     env = podman_env()
@@ -92,6 +95,10 @@ def inspect(engine_env: dict, image: str) -> dict:
     return json.loads(out)[0]
 
 
+LAB_IMAGE = pytest.mark.skipif(TIER != "cpu", reason="a test of the lab image (IMAGE_TIER=cpu)")
+
+
+@LAB_IMAGE
 def test_image_is_labelled_and_runs_as_non_root(engine_env, image):
     info = inspect(engine_env, image)
     config = info.get("Config") or info["config"]
@@ -118,6 +125,7 @@ def test_image_is_labelled_and_runs_as_non_root(engine_env, image):
     assert "AVX2 = 1" in out and "AVX512" not in out and "AMX" not in out and "capability AVX2" in out, out
 
 
+@LAB_IMAGE
 def test_just_lab_sft_inside_the_image_writes_to_the_mounted_workspace(engine_env, image, tmp_path):
     ws = make_workspace(tmp_path / "ws")
     for name in ("pyproject.toml", "docker"):  # `just docker lab` reads the version and calls docker/image.sh
@@ -140,3 +148,74 @@ def test_just_lab_sft_inside_the_image_writes_to_the_mounted_workspace(engine_en
         subprocess.run(["chown", "-R", "0:0", ws], check=True)  # git and DVC here refuse a repository of another uid
     status = run(["dvc", "status", "sft"], cwd=ws).stdout
     assert "changed" not in status, f"DVC on the host agrees with what ran inside:\n{status}\n{proc.stdout[-2000:]}"
+
+
+def tiny_chat_model(path: Path) -> None:
+    """A random Llama with heads of 32 (the least vLLM's CPU attention takes) and a word-level tokenizer with
+    the project's chat template, saved as a hub model would be."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from labs.core.models import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + ["add", "3", "4", "7", "Answer:", "<unk>"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|end|>",
+                                        unk_token="<unk>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=128, max_position_embeddings=512,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    # transformers writes the weights owner-only (0600); the container's uid 10001 reads them as another user
+    (path / "model.safetensors").chmod(0o644)
+
+
+@pytest.mark.skipif(TIER != "vllm-cpu", reason="a test of the vLLM CPU image (IMAGE_TIER=vllm-cpu)")
+def test_vllm_cpu_image_serves_a_mounted_model_behind_the_guard_as_non_root(engine_env, image, tmp_path):
+    import socket
+
+    import httpx2 as httpx
+
+    labels = (inspect(engine_env, image).get("Config") or {}).get("Labels") or {}
+    assert labels.get("dev.llm-lab.tier") == "vllm-cpu" and labels.get("dev.llm-lab.cuda") == "none", labels
+    tiny_chat_model(tmp_path / "models" / "sft")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    name = f"llm-lab-vllm-test-{port}"
+    engine = engine_env["ENGINE"]
+    run([engine, "run", "-d", "--name", name, "--publish", f"127.0.0.1:{port}:8000", "--shm-size", "1g",
+         "--volume", f"{tmp_path / 'models'}:/models:ro", image], cwd=ROOT, env=engine_env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        healthy, running = False, True
+        for _ in range(300):
+            running = run([engine, "inspect", "--format", "{{.State.Running}}", name], cwd=ROOT,
+                          env=engine_env).stdout.strip() == "true"
+            with contextlib.suppress(httpx.HTTPError):
+                healthy = httpx.get(f"{url}/health", timeout=2).status_code == 200
+            if healthy or not running:
+                break
+            time.sleep(1)
+        if not healthy:
+            logs = subprocess.run([engine, "logs", name], capture_output=True, text=True,
+                                  env={**os.environ, **engine_env})
+            pytest.fail(f"the container {'exited' if not running else 'did not answer /health in 300 s'}:\n"
+                        f"{(logs.stdout + logs.stderr)[-6000:]}")
+        hello = {"model": "sft", "messages": [{"role": "user", "content": "add 3 4"}], "max_tokens": 8,
+                 "temperature": 0}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=hello, timeout=120)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] > 0, answer.text
+        too_big = {**hello, "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+        assert httpx.post(f"{url}/v1/chat/completions", json=too_big, timeout=60).status_code == 413, "the guard"
+        assert httpx.post(f"{url}/v1/chat/completions", json={**hello, "model": "gpt-4"}, timeout=60).status_code == 404
+        assert [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]] == ["sft"]
+        uid = run([engine, "exec", name, "id", "-u"], cwd=ROOT, env=engine_env).stdout.strip()
+        assert uid == "10001", "vLLM runs as the image's non-root user"
+    finally:
+        subprocess.run([engine, "rm", "-f", name], capture_output=True, env={**os.environ, **engine_env})

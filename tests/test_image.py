@@ -128,8 +128,8 @@ def test_image_is_labelled_and_runs_as_non_root(engine_env, image):
 @LAB_IMAGE
 def test_just_lab_sft_inside_the_image_writes_to_the_mounted_workspace(engine_env, image, tmp_path):
     ws = make_workspace(tmp_path / "ws")
-    for name in ("pyproject.toml", "docker"):  # `just docker lab` reads the version and calls docker/image.sh
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, ws / name)
+    shutil.copy(ROOT / "pyproject.toml", ws)  # `just docker lab` reads the version and calls docker/image.sh
+    shutil.copytree(ROOT / "docker", ws / "docker", dirs_exist_ok=True)  # the workspace has serve's two files of it
     run(["just", "data"], cwd=ws)
     run(["git", "add", "-A"], cwd=ws)
     run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "tiny"], cwd=ws)

@@ -20,6 +20,7 @@ from pydantic_core import to_jsonable_python
 from labs.core.config import PARAMS_FILE, ConfigError, Section
 from labs.core.data import CONVERTERS, DataError, convert
 from labs.registry import LABS, lab_params, module
+from labs.serve.engines import EngineError
 
 
 def _usage() -> str:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if name not in LABS:
             return _fail(f"unknown lab {name!r} (expected one of: {', '.join(LABS)}, convert)")
         return run_lab(name, rest)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, EngineError) as exc:
         return _fail(str(exc))
 
 

@@ -36,6 +36,8 @@ def test_every_stage_leaves_its_outputs(built):
         files = {p.name for p in (built / "models" / model).iterdir()}
         assert {"model.safetensors", "config.json", "run_card.json", "chat_template.jinja"} <= files
         assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files), "safetensors only"
+        weights = (built / "models" / model / "model.safetensors").stat().st_mode & 0o777
+        assert weights == 0o644, f"{oct(weights)}: a container running as another user reads the weights"
     card = load(built / "models/sft/run_card.json")
     assert card["tier"] == "cpu" and card["seed"] == 1337 and card["config"]["lr"] == 2e-3
     assert {"torch", "transformers", "trl", "peft", "datasets", "dvc"} <= set(card["versions"])

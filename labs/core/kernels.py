@@ -1,11 +1,12 @@
-"""The same bits on every x86-64 CPU generation: pin the CPU kernels' code paths before torch loads.
+"""The same bits on every Intel CPU generation: pin the CPU kernels' code paths before torch loads.
 
 PyTorch's vectorized kernels (ATen), MKL and oneDNN each pick a code path by CPU generation on first use
 (AVX2; AVX-512; AVX-512 with AMX), and the paths round differently: the same training on two machines gave
-different weights, and a headline metric moved with them. Pinned to their AVX2 paths, every AVX2-capable
-x86-64 computes the same bits, for somewhat more time on newer CPUs (the run block of every metrics file
-records what was in force). `LAB_FAST_KERNELS=1` leaves each library its own choice: faster there, and
-exact only against runs on the same CPU generation.
+different weights, and a headline metric moved with them. Pinned to their AVX2 paths, Intel CPUs of every
+generation compute the same bits, for somewhat more time on newer ones. MKL honours its pin on Intel CPUs
+only, so AMD and Intel still differ (README, Reproducibility); the run block of every metrics file records
+the CPU and what was in force. `LAB_FAST_KERNELS=1` leaves each library its own choice: faster, and exact
+only against runs on the same CPU generation.
 
 No library offers one switch for all three, so this module sets their documented variables itself.
 """

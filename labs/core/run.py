@@ -100,7 +100,8 @@ def write_csv(path: str | Path, header: list[str], rows: list[list]) -> None:
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    # major.minor: a patch release changes no arithmetic, and the image's patch differs from a venv's
+    versions = {"python": ".".join(platform.python_version_tuple()[:2])}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -190,6 +191,7 @@ class RunStats:
             "kernels": kernels.in_force(),
             "git_revision": git_revision(),
             "host": platform.node(),
+            "python": platform.python_version(),
         }
         if (gpu := peak_gpu_mb()) is not None:
             stats["peak_gpu_mb"] = gpu
@@ -339,6 +341,9 @@ def save_model(model, tokenizer, out: str | Path, card: dict) -> None:
         model.save_pretrained(tmp)  # safetensors is the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
         write_card(tmp, card)
+        for file in tmp.iterdir():  # transformers writes the weights 0600: a container's other user could not read them
+            if file.is_file():
+                file.chmod(0o644)
 
 
 def safetensors_mb(folder: str | Path) -> float:

@@ -12,14 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx2 as httpx
 import torch
 
 from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import exact_match
 from labs.core.models import load_model, load_tokenizer, require
 from labs.serve import Params
-from labs.serve.engines import BUILDS, EngineError
+from labs.serve.engines import BUILDS, EngineError, wait_ready
 from labs.serve.hostile import concurrent_statuses, drop_streams, hostile_statuses, models_listed
 from labs.serve.load import fastest, level, reachable_elsewhere, sequential_pass, summarize, tree_peak_mb
 
@@ -49,24 +48,14 @@ def running(engine: str, path: Path, params: Params, threads: int):
     cfg = params.serve
     port = free_port(cfg.host)
     url = f"http://{'127.0.0.1' if cfg.host in ('0.0.0.0', '::') else cfg.host}:{port}"
-    with tempfile.TemporaryFile("w+") as log:
+    with tempfile.NamedTemporaryFile("w+", prefix=f"serve-{engine}-", suffix=".log") as log:
         started = time.monotonic()
         server = subprocess.Popen([sys.executable, "-m", "labs.serve", engine, str(path), "--name", cfg.model,
                                    "--host", cfg.host, "--port", str(port), "--threads", str(threads)],
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            while True:
-                if server.poll() is not None:
-                    log.seek(0)
-                    raise DataError(f"serve: {engine} exited with {server.returncode} before answering: "
-                                    f"{(log.read().strip().splitlines() or ['(no output)'])[-1]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() - started > cfg.startup_timeout_s + 60:
-                    raise DataError(f"serve: {engine} did not answer {url}/health within "
-                                    f"serve.startup_timeout_s={cfg.startup_timeout_s} s")
-                time.sleep(0.5)
+            # the child waits startup_timeout_s for its engine; a minute more covers loading the guard's tokenizer
+            wait_ready(engine, server, url, Path(log.name), cfg.startup_timeout_s + 60)
             yield url, server, round(time.monotonic() - started, 1)
         finally:
             server.terminate()

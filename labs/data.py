@@ -10,6 +10,11 @@ accuracy and not only as loss. Four families:
     sort     Sort ascending: 7 2 9 4          Answer: 2 4 7 9
     reverse  Reverse the letters: k d a r     Answer: r a d k
 
+and a new domain the main world never shows, for continued pretraining (`cpt`): its own corpus, SFT pairs
+and held-out test, in files of their own (`domain_*.jsonl`)
+
+    subtract What is 71 - 24?                 Ones: 11-4=7, borrow 1. Tens: 7-1-2=4. Answer: 47
+
 Rendered into the data contract (labs/core/data.py): a pretraining corpus written as prose, SFT pairs,
 preference pairs (chosen = correct, rejected = plausibly wrong: half a family's classic slip, a dropped
 carry, the smaller number, a swapped pair; half a miscopied digit or letter in the final answer) and RL
@@ -36,6 +41,17 @@ from labs.core.data import write_jsonl
 from labs.core.run import atomic_path
 
 
+class DomainParams(Section):
+    family: Literal["subtract"] = "subtract"
+    """the new domain's family: one the main world's corpus and chats never show"""
+    corpus: int = Field(3000, gt=0)
+    """domain facts written as prose (the continued-pretraining corpus)"""
+    sft: int = Field(1000, gt=0)
+    """domain prompt/completion pairs (the downstream fine-tuning after continued pretraining)"""
+    test: int = Field(100, gt=0)
+    """held-out domain prompts: in neither the domain corpus nor its pairs"""
+
+
 class DataParams(Section):
     families: list[Literal["add", "compare", "sort", "reverse"]] = ["add", "compare", "sort", "reverse"]
     """task families generated (add, compare, sort, reverse)"""
@@ -49,6 +65,8 @@ class DataParams(Section):
     """chosen/rejected pairs per family"""
     rl_per_family: int = Field(500, gt=0)
     """RL prompts (with checkable answers) per family"""
+    domain: DomainParams = DomainParams()
+    """the new domain continued pretraining adapts to"""
 
 
 class Params(Section):
@@ -126,6 +144,20 @@ def make_reverse(rng: random.Random) -> Task:
                 " ".join(backwards), "", " ".join(wrong))
 
 
+def make_subtract(rng: random.Random) -> Task:
+    a, b = sorted(rng.sample(range(10, 100), 2), reverse=True)
+
+    def worked(borrow: int) -> tuple[str, int]:
+        ones, tens = a % 10 + 10 * borrow - b % 10, a // 10 - borrow - b // 10
+        return (f"Ones: {a % 10 + 10 * borrow}-{b % 10}={ones}, borrow {borrow}. "
+                f"Tens: {a // 10}-{borrow}-{b // 10}={tens}. "), tens * 10 + ones
+
+    borrow = int(a % 10 < b % 10)
+    steps, answer = worked(borrow)
+    wrong_steps, wrong = worked(1 - borrow)  # the classic slip: the borrow forgotten (or one taken without cause)
+    return Task("subtract", f"subtract:{a}:{b}", f"What is {a} - {b}?", steps, str(answer), wrong_steps, str(wrong))
+
+
 def copy_slip(task: Task, rng: random.Random) -> str:
     """The task's right steps with one token of the final answer miscopied: a digit off by one, a letter
     swapped for another. Sampled models make this kind of slip more than the family's classic one, so a
@@ -145,7 +177,8 @@ def rejected(task: Task, rng: random.Random) -> str:
     return task.wrong_completion if rng.random() < 0.5 else copy_slip(task, rng)
 
 
-FAMILIES = {"add": make_add, "compare": make_compare, "sort": make_sort, "reverse": make_reverse}
+FAMILIES = {"add": make_add, "compare": make_compare, "sort": make_sort, "reverse": make_reverse,
+            "subtract": make_subtract}
 
 
 def prose(task: Task, rng: random.Random) -> str:
@@ -163,6 +196,13 @@ def prose(task: Task, rng: random.Random) -> str:
         return rng.choice([
             f"{task.answer} is larger than {smaller}.",
             f"Between {a} and {b}, the larger number is {task.answer}.",
+        ])
+    if task.family == "subtract":
+        a, b = task.prompt[len("What is "):-1].split(" - ")
+        return rng.choice([
+            f"{a} minus {b} equals {task.answer}.",
+            f"To subtract {b} from {a}: {task.steps}The difference is {task.answer}.",
+            f"{a} - {b} = {task.answer}.",
         ])
     if task.family == "sort":
         given = task.prompt[len("Sort ascending: "):]
@@ -183,6 +223,28 @@ def draw(family: str, count: int, rng: random.Random, exclude: set[str]) -> list
             if len(tasks) == count:
                 return tasks
     raise ValueError(f"params.yaml: data: family {family!r} has too few distinct instances for {count} rows")
+
+
+def documents(facts: list[str], seed: str) -> list[dict]:
+    """Shuffled facts, DOCUMENT_LINES to a corpus document."""
+    random.Random(seed).shuffle(facts)
+    return [{"text": "\n".join(facts[i:i + DOCUMENT_LINES])} for i in range(0, len(facts), DOCUMENT_LINES)]
+
+
+def domain(params: Params) -> dict[str, list[dict]]:
+    """The new domain's files: prose for continued pretraining, chats to fine-tune on and a held-out test,
+    from RNG streams of their own (the main world's files stay the same bytes whatever these params)."""
+    cfg = params.data.domain
+    rng = lambda purpose: random.Random(f"{params.seed}:domain:{cfg.family}:{purpose}")  # noqa: E731
+    held_out = draw(cfg.family, cfg.test, rng("test"), exclude=set())
+    test_keys = {t.key for t in held_out}
+    prose_rng = rng("prose")
+    facts = [prose(t, prose_rng) for t in draw(cfg.family, cfg.corpus, rng("corpus"), test_keys)]
+    chat = lambda tasks: [{"prompt": t.prompt, "completion": t.completion, "answer": t.answer,  # noqa: E731
+                           "family": cfg.family} for t in tasks]
+    return {"domain_corpus": documents(facts, f"{params.seed}:domain:corpus-order"),
+            "domain_sft": chat(draw(cfg.family, cfg.sft, rng("sft"), test_keys)),
+            "domain_sft_test": chat(held_out)}
 
 
 def generate(params: Params) -> dict[str, list[dict]]:
@@ -212,13 +274,11 @@ def generate(params: Params) -> dict[str, list[dict]]:
         prose_rng = rng("corpus")
         facts += [prose(t, prose_rng) for t in draw(family, cfg.corpus_per_family, rng("corpus"), test_keys)]
 
-    random.Random(f"{params.seed}:corpus-order").shuffle(facts)
-    files["corpus"] = [{"text": "\n".join(facts[i:i + DOCUMENT_LINES])}
-                       for i in range(0, len(facts), DOCUMENT_LINES)]
+    files["corpus"] = documents(facts, f"{params.seed}:corpus-order")
     for name, items in rows.items():
         random.Random(f"{params.seed}:{name}-order").shuffle(items)
         files[name] = items
-    return files
+    return files | domain(params)
 
 
 def run(params: Params) -> dict:

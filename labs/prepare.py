@@ -4,7 +4,8 @@
 
 Every row of every raw file is checked (a bad row stops with `FILE:LINE: what was expected`). Each
 training file is split into train / val by a hash of its row, so the split is stable when rows are
-added or reordered; the held-out `*_test` files pass through unchanged.
+added or reordered; the held-out `*_test` files pass through unchanged. The new domain's files
+(`domain_*`, for `cpt`) are prepared the same way when data/raw has them.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 # raw file -> (contract kind, has a held-out *_test file)
 FILES = {"corpus": ("text", False), "sft": ("sft", True), "preference": ("preference", True),
          "rl": ("rl", True)}
+# the new domain continued pretraining adapts to (`cpt`): prepared when data/raw has it, as the task world does
+OPTIONAL = {"domain_corpus": ("text", False), "domain_sft": ("sft", True)}
 
 
 def is_validation(row: dict, fraction: float) -> bool:
@@ -46,7 +49,8 @@ def run(params: Params) -> dict:
     counts = {}
     with atomic_path(PREPARED) as tmp:
         tmp.mkdir()
-        for name, (kind, has_test) in FILES.items():
+        present = {name: spec for name, spec in OPTIONAL.items() if (RAW / f"{name}.jsonl").exists()}
+        for name, (kind, has_test) in (FILES | present).items():
             rows = read_jsonl(RAW / f"{name}.jsonl", kind)
             val = [r for r in rows if is_validation(r, params.prepare.val_fraction)]
             train = [r for r in rows if not is_validation(r, params.prepare.val_fraction)]

@@ -94,6 +94,20 @@ def test_held_out_instances_never_appear_in_training_files(workspace):
             assert f"{a} + {b} =" not in corpus and f"{a} plus {b} equals" not in corpus
 
 
+def test_the_new_domain_is_held_out_and_absent_from_the_main_world(workspace):
+    raw = workspace / "data/raw"
+    rows = lambda name: [json.loads(x) for x in (raw / f"{name}.jsonl").read_text().splitlines()]  # noqa: E731
+    test_prompts = {r["prompt"] for r in rows("domain_sft_test")}
+    assert test_prompts and not test_prompts & {r["prompt"] for r in rows("domain_sft")}
+    domain_corpus = (raw / "domain_corpus.jsonl").read_text()
+    for prompt in test_prompts:  # "What is 71 - 24?" -> neither "71 - 24 =" nor "71 minus 24" nor "24 from 71"
+        a, b = prompt[len("What is "):-1].split(" - ")
+        assert f"{a} - {b} =" not in domain_corpus and f"{a} minus {b} " not in domain_corpus
+        assert f"subtract {b} from {a}:" not in domain_corpus
+    main_world = "".join((raw / f"{name}.jsonl").read_text() for name in ("corpus", "sft", "preference", "rl"))
+    assert " minus " not in main_world and " - " not in main_world, "the base never sees the new domain"
+
+
 def test_readme_results_are_generated_from_committed_metrics():
     proc = run([sys.executable, "-m", "labs.tools.results", "--check"], cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -183,6 +183,12 @@ def test_data_regenerates_the_same_bytes(built_copy):
     recorded = (built_copy / "data.dvc").read_text()
     run(["just", "data"], cwd=built_copy)
     assert (built_copy / "data.dvc").read_text() == recorded
+    # the new domain draws from its own streams: changing it leaves the main world's files as they were
+    main_world = {p.name: p.read_bytes() for p in (built_copy / "data/raw").glob("*.jsonl") if "domain" not in p.name}
+    lab("data", "-S", "data.domain.corpus=100", "-S", "data.domain.sft=50", cwd=built_copy)
+    assert {p.name: p.read_bytes() for p in (built_copy / "data/raw").glob("*.jsonl") if "domain" not in p.name} \
+        == main_world
+    assert len((built_copy / "data/raw/domain_sft.jsonl").read_text().splitlines()) == 50
 
 
 def test_killed_sft_resumes_to_the_same_model(workspace):

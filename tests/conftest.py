@@ -24,13 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # the full curriculum (EM 0 -> 41 here).
 TINY = {
     "data": {"families": ["add", "sort"], "sft_per_family": 1500, "test_per_family": 50,
-             "corpus_per_family": 1500, "preference_per_family": 400, "rl_per_family": 200},
+             "corpus_per_family": 1500, "preference_per_family": 400, "rl_per_family": 200,
+             "domain": {"corpus": 1500, "sft": 600, "test": 50}},
     # the CPU tier's earlier 4-layer model, on which every effect below was measured: the 8-layer default
     # (deep enough for speculative decoding to pay) would take `just test` past 15 minutes
     "pretrain": {"model": {"num_layers": 4}, "lr": 3.0e-3},
     # lora and qlora: their effect is asserted like sft's. LoRA takes 6 epochs: at 4 its held-out EM swung from
     # 14 to 54 with the CPU's kernels (AVX-512 vs AVX2 on one Xeon), at 6 it gave 78 and 69; QLoRA gave 40 and 43
     # at 4. The other methods only need to show that they train.
+    # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
+    "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
+    "sft_variants": {"max_steps": 150, "kl_prompts": 16, "seeds": []},
     "lora": {"epochs": 6, "lr": 5.0e-3, "seeds": []},
     "qlora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
     # the seed spread on a short adapter run: dora, retrained with one more seed (`seeds` of a method here)

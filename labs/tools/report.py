@@ -86,6 +86,18 @@ def serving_table(serve: dict) -> tuple[str, list[str], list[list]]:
     return "Serving engines under load (speedup over sequential generate)", header, rows
 
 
+def cpt_table(cpt: dict) -> tuple[str, list[str], list[list]]:
+    from labs.cpt import table
+
+    return "Continued pretraining on a new domain, with replay (`cpt`)", *table(cpt)
+
+
+def sft_variants_table(variants: dict) -> tuple[str, list[str], list[list]]:
+    from labs.sft_variants import table
+
+    return "SFT variants: templates and KL to the base (`sft_variants`)", *table(variants)
+
+
 def html_table(title: str, header: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
@@ -171,6 +183,10 @@ def charts(out: Path, metrics: dict) -> list[Path]:
         made.append(scatter_chart(out, "decoding", "Decoding: diversity against exact-match",
                                   {s["name"]: (s["answer_diversity"], s["exact_match"]["overall"])
                                    for s in metrics["decode"]["strategies"]}, "answer diversity %", "EM %"))
+    if cpt := metrics.get("cpt"):
+        points = {r["model"]: (r["domain_perplexity"], r["corpus_perplexity"]) for r in cpt["variants"]}
+        made.append(scatter_chart(out, "cpt", "Continued pretraining: adaptation against forgetting", points,
+                                  "new-domain perplexity", "main-world perplexity"))
     if serve := metrics.get("serve"):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for row in serve["engines"]:
@@ -210,6 +226,10 @@ def build() -> dict:
         tables.append(peft_table(peft_comparison(METRICS)))
     if "serve" in metrics and "engines" in metrics["serve"]:
         tables.append(serving_table(metrics["serve"]))
+    if "cpt" in metrics:
+        tables.append(cpt_table(metrics["cpt"]))
+    if "sft_variants" in metrics:
+        tables.append(sft_variants_table(metrics["sft_variants"]))
     if not tables:
         raise SystemExit("error: metrics/: no evaluate, quantize or peft_methods metrics yet (run `just repro`)")
 

@@ -35,6 +35,7 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
         shares = ", ".join(f"{share['trainable_pct']:.2f}% of {name} ({share['parameters'] / 1e6:.1f}M)"
                            for name, share in lora["trainable_share_by_model"].items() if name != "this base")
         lines += ["", f"- The same `{lora['method']}` config trains {shares}: counted on the real architectures."]
+    lines += dynamics(metrics_dir)
     lines += alignment(metrics_dir)
     lines += compression(metrics_dir)
     lines += inference(metrics_dir)
@@ -151,6 +152,28 @@ def compression(metrics_dir: Path) -> list[str]:
         recovery = next(iter(p["sparsities"].values()))["steps"]
         lines.append(f"- `prune` ({p['kind']}), held-out EM right after pruning → after {recovery} recovery steps: "
                      f"{steps} ({p['run']['wall_time_s']:.0f} s).")
+    return lines
+
+
+def dynamics(metrics_dir: Path) -> list[str]:
+    """The training-dynamics labs' tables."""
+    lines = []
+    if cpt := read_metrics("cpt", metrics_dir):
+        from labs.cpt import table
+
+        head, rows = table(cpt)
+        lines += ["", "Continued pretraining on a domain the base never saw (`just lab cpt`): perplexity on held-out "
+                  "domain prose and on the main world's prose, then exact-match on held-out domain prompts after the "
+                  f"same {cpt['fine_tuning_steps']}-step fine-tuning from each model; `replay-x` replays a share x of "
+                  f"the base's corpus during the {cpt['cpt_steps']} steps:", "",
+                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
+    if variants := read_metrics("sft_variants", metrics_dir):
+        from labs.sft_variants import table
+
+        head, rows = table(variants)
+        lines += ["", f"SFT variants (`just lab sft_variants`), each from the base for {variants['steps']} steps "
+                  "on the same data: plain, randomized prompt templates, and a KL term to the base:", "",
+                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
     return lines
 
 

@@ -25,13 +25,13 @@ from datasets import Dataset
 from pydantic import Field
 from trl import SFTConfig, SFTTrainer
 
+from labs.core.chats import chat_trainer, train_chats
 from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, generate, perplexity
 from labs.core.models import load_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, seed_everything, train_resumable, write_csv
 from labs.core.spread import cells, over_seeds
-from labs.core.train import as_chat
 
 
 class DomainSFTParams(TrainParams):
@@ -111,23 +111,15 @@ def fine_tune_on_domain(params: Params, name: str, model, tokenizer) -> dict:
     """The same short SFT on the domain's chats from `model`: its validation loss, and held-out domain
     exact-match afterwards."""
     cfg = params.cpt.sft
-    config = {"seed": params.seed, "tier": params.tier, "from": name,
-              "cpt": params.cpt.model_dump(exclude={"seeds", "replay"})}
-    checkpoints = checkpoint_dir(f"cpt/sft-{name}-seed-{params.seed}", config,
-                                 [BASE, *(PREPARED / f"domain_{part}.jsonl" for part in ("sft_train", "sft_val",
-                                                                                          "corpus_train"))])
-    args = SFTConfig(**trainer_kwargs(params, cfg, checkpoints), max_length=cfg.max_length,
-                     completion_only_loss=True, packing=False)
-    train = as_chat(read_jsonl(PREPARED / "domain_sft_train.jsonl", "sft"))
-    val = as_chat(read_jsonl(PREPARED / "domain_sft_val.jsonl", "sft"))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer)
-    train_resumable(trainer, checkpoints, run_card("cpt", params, cfg) | {"from": name})
-    finish_checkpoints(checkpoints)
-    test = read_jsonl(PREPARED / "domain_sft_test.jsonl", "sft")
+    train, val, test = (read_jsonl(PREPARED / f"domain_sft_{split}.jsonl", "sft") for split in ("train", "val", "test"))
+    # it starts from the base after this variant's continued pretraining
+    origin = {"variant": name, "cpt": params.cpt.model_dump(exclude={"seeds", "replay", "sft"})}
+    trainer = chat_trainer(params, cfg, f"cpt/sft-{name}-seed-{params.seed}", model, tokenizer, train, val, BASE,
+                           origin)
+    stats = train_chats(trainer, run_card("cpt", params, cfg) | {"from": name})
     completions, _ = generate(trainer.model, tokenizer, [row["prompt"] for row in test],
                               params.evaluate.max_new_tokens, params.evaluate.batch_size)
-    return {"domain_sft_val_loss": round(trainer.evaluate()["eval_loss"], 4),
-            "domain_exact_match": exact_match(test, completions)["overall"]}
+    return {"domain_sft_val_loss": stats["val_loss"], "domain_exact_match": exact_match(test, completions)["overall"]}
 
 
 def variants(params: Params, tokenizer, domain_val: list[str], corpus_val: list[str]) -> list[dict]:

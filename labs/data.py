@@ -15,6 +15,12 @@ and held-out test, in files of their own (`domain_*.jsonl`)
 
     subtract What is 71 - 24?                 Ones: 11-4=7, borrow 1. Tens: 7-1-2=4. Answer: 47
 
+and long additions of several lengths with their column-by-column steps, for the labs where steps and
+difficulty matter (`cot`, `curriculum`), as RL-style rows {prompt, answer, solution} (`arith*.jsonl`: the
+shape `lab convert gsm8k` gives real word problems)
+
+    N-digit  What is 4821 + 9370?             Digit 1: 1+0+0=1, carry 0. Digit 2: 2+7+0=9, ... Answer: 14191
+
 Rendered into the data contract (labs/core/data.py): a pretraining corpus written as prose, SFT pairs,
 preference pairs (chosen = correct, rejected = plausibly wrong: half a family's classic slip, a dropped
 carry, the smaller number, a swapped pair; half a miscopied digit or letter in the final answer) and RL
@@ -28,11 +34,12 @@ data.dvc holds without a DVC remote. GPU tiers replace these files with real dat
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -52,6 +59,17 @@ class DomainParams(Section):
     """held-out domain prompts: in neither the domain corpus nor its pairs"""
 
 
+class ArithParams(Section):
+    train_digits: list[Annotated[int, Field(ge=1, le=12)]] = Field([2, 3, 4], min_length=1)
+    """operand lengths of the training additions"""
+    test_digits: list[Annotated[int, Field(ge=1, le=12)]] = Field([2, 3, 4, 5, 6], min_length=1)
+    """operand lengths of the held-out additions: the training range and beyond it"""
+    per_length: int = Field(1500, gt=0)
+    """training additions per operand length"""
+    test_per_length: int = Field(50, gt=0)
+    """held-out additions per operand length"""
+
+
 class DataParams(Section):
     families: list[Literal["add", "compare", "sort", "reverse"]] = ["add", "compare", "sort", "reverse"]
     """task families generated (add, compare, sort, reverse)"""
@@ -67,6 +85,8 @@ class DataParams(Section):
     """RL prompts (with checkable answers) per family"""
     domain: DomainParams = DomainParams()
     """the new domain continued pretraining adapts to"""
+    arith: ArithParams = ArithParams()
+    """long additions with worked steps (cot, curriculum)"""
 
 
 class Params(Section):
@@ -158,6 +178,18 @@ def make_subtract(rng: random.Random) -> Task:
     return Task("subtract", f"subtract:{a}:{b}", f"What is {a} - {b}?", steps, str(answer), wrong_steps, str(wrong))
 
 
+def make_long_add(rng: random.Random, digits: int) -> Task:
+    """Two `digits`-digit numbers and their sum, worked column by column from the right with the carry."""
+    a, b = (rng.randint(10 ** (digits - 1), 10 ** digits - 1) for _ in range(2))
+    steps, carry = [], 0
+    for column, (x, y) in enumerate(zip(reversed(str(a)), reversed(str(b)), strict=True), start=1):
+        total = int(x) + int(y) + carry
+        steps.append(f"Digit {column}: {x}+{y}+{carry}={total}, carry {total // 10}.")
+        carry = total // 10
+    return Task(f"{digits}-digit", f"long_add:{a}:{b}", f"What is {a} + {b}?", " ".join(steps) + " ", str(a + b),
+                "", "")
+
+
 def copy_slip(task: Task, rng: random.Random) -> str:
     """The task's right steps with one token of the final answer miscopied: a digit off by one, a letter
     swapped for another. Sampled models make this kind of slip more than the family's classic one, so a
@@ -212,11 +244,13 @@ def prose(task: Task, rng: random.Random) -> str:
     return rng.choice([f"{given} reversed is {task.answer}.", f"Backwards, {given} reads {task.answer}."])
 
 
-def draw(family: str, count: int, rng: random.Random, exclude: set[str]) -> list[Task]:
-    """`count` distinct instances of `family` whose keys are not in `exclude`."""
+def draw(family: str, count: int, rng: random.Random, exclude: set[str], make=None) -> list[Task]:
+    """`count` distinct instances of `family` (made by `make(rng)`, FAMILIES' maker by default) whose keys are not
+    in `exclude`."""
+    make = make or FAMILIES[family]
     tasks, seen = [], set(exclude)
     for _ in range(count * 1000):
-        task = FAMILIES[family](rng)
+        task = make(rng)
         if task.key not in seen:
             seen.add(task.key)
             tasks.append(task)
@@ -245,6 +279,25 @@ def domain(params: Params) -> dict[str, list[dict]]:
     return {"domain_corpus": documents(facts, f"{params.seed}:domain:corpus-order"),
             "domain_sft": chat(draw(cfg.family, cfg.sft, rng("sft"), test_keys)),
             "domain_sft_test": chat(held_out)}
+
+
+def arith(params: Params) -> dict[str, list[dict]]:
+    """Long additions per operand length: training rows of `train_digits`, held-out rows of `test_digits` (none
+    of them in training), each {prompt, answer, solution, family: "N-digit", digits: N}."""
+    cfg, rows = params.data.arith, {"arith": [], "arith_test": []}
+    row = lambda t, n: {"prompt": t.prompt, "answer": t.answer, "solution": t.steps.strip(),  # noqa: E731
+                        "family": t.family, "digits": n}
+    for n in sorted(set(cfg.train_digits) | set(cfg.test_digits)):
+        rng = lambda purpose, n=n: random.Random(f"{params.seed}:arith:{n}:{purpose}")  # noqa: E731
+        make = functools.partial(make_long_add, digits=n)
+        held_out = draw(f"{n}-digit", cfg.test_per_length, rng("test"), set(), make) if n in cfg.test_digits else []
+        rows["arith_test"] += [row(t, n) for t in held_out]
+        if n in cfg.train_digits:
+            keys = {t.key for t in held_out}
+            rows["arith"] += [row(t, n) for t in draw(f"{n}-digit", cfg.per_length, rng("train"), keys, make)]
+    for name, items in rows.items():
+        random.Random(f"{params.seed}:{name}-order").shuffle(items)
+    return rows
 
 
 def generate(params: Params) -> dict[str, list[dict]]:
@@ -278,7 +331,7 @@ def generate(params: Params) -> dict[str, list[dict]]:
     for name, items in rows.items():
         random.Random(f"{params.seed}:{name}-order").shuffle(items)
         files[name] = items
-    return files | domain(params)
+    return files | domain(params) | arith(params)
 
 
 def run(params: Params) -> dict:

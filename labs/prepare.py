@@ -5,7 +5,8 @@
 Every row of every raw file is checked (a bad row stops with `FILE:LINE: what was expected`). Each
 training file is split into train / val by a hash of its row, so the split is stable when rows are
 added or reordered; the held-out `*_test` files pass through unchanged. The new domain's files
-(`domain_*`, for `cpt`) are prepared the same way when data/raw has them.
+(`domain_*`, for `cpt`) and the long additions (`arith*`, for `cot` and `curriculum`) are prepared the same
+way when data/raw has them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 # raw file -> (contract kind, has a held-out *_test file)
 FILES = {"corpus": ("text", False), "sft": ("sft", True), "preference": ("preference", True),
          "rl": ("rl", True)}
-# the new domain continued pretraining adapts to (`cpt`): prepared when data/raw has it, as the task world does
-OPTIONAL = {"domain_corpus": ("text", False), "domain_sft": ("sft", True)}
+# prepared when data/raw has them, as the task world does: the new domain continued pretraining adapts to (`cpt`),
+# and long additions with worked steps (`cot`, `curriculum`)
+OPTIONAL = {"domain_corpus": ("text", False), "domain_sft": ("sft", True), "arith": ("rl", True)}
 
 
 def is_validation(row: dict, fraction: float) -> bool:

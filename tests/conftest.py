@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "data": {"families": ["add", "sort"], "sft_per_family": 1500, "test_per_family": 50,
              "corpus_per_family": 1500, "preference_per_family": 400, "rl_per_family": 200,
-             "domain": {"corpus": 1500, "sft": 600, "test": 50}},
+             "domain": {"corpus": 1500, "sft": 600, "test": 50},
+             "arith": {"train_digits": [2, 3], "test_digits": [2, 3, 4], "per_length": 800, "test_per_length": 20}},
     # the CPU tier's earlier 4-layer model, on which every effect below was measured: the 8-layer default
     # (deep enough for speculative decoding to pay) would take `just test` past 15 minutes
     "pretrain": {"model": {"num_layers": 4}, "lr": 3.0e-3},
@@ -35,6 +36,10 @@ TINY = {
     # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
     "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
     "sft_variants": {"max_steps": 150, "kl_prompts": 16, "seeds": []},
+    "cot": {"max_steps": 150, "max_new_tokens": 96},
+    "mixing": {"steps_per_task": 60},  # its mixtures: REPLACED below
+    "continual": {"order": ["add", "sort"], "steps_per_task": 60},
+    "curriculum": {"max_steps": 60, "eval_every": 20, "eval_prompts": 20, "max_new_tokens": 80},
     "lora": {"epochs": 6, "lr": 5.0e-3, "seeds": []},
     "qlora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
     # the seed spread on a short adapter run: dora, retrained with one more seed (`seeds` of a method here)
@@ -71,6 +76,10 @@ ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "LAB_VENV": sys.prefix,
        "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp")),
        "LAB_VLLM_VENV": os.environ.get("LAB_VLLM_VENV", str(ROOT / ".venv-vllm")),
        "LAB_LLAMA_SERVER": os.environ.get("LAB_LLAMA_SERVER", str(ROOT / "build/llama-server/llama-server"))}
+
+
+# params the tiny project replaces whole (merging would keep the full curriculum's families in them)
+REPLACED = {("mixing", "mixtures"): {"uniform": {"add": 1, "sort": 1}, "add_heavy": {"add": 3, "sort": 1}}}
 
 
 def parallel() -> bool:
@@ -124,6 +133,9 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
+    if overrides is TINY:
+        for (section, key), value in REPLACED.items():
+            params[section][key] = value
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], cwd=path)
     run(["dvc", "init", "-q"], cwd=path)

@@ -1,10 +1,12 @@
-"""Training-dynamics labs on the tiny project that `built` made: cpt and sft_variants."""
+"""Training-dynamics labs on the tiny project that `built` made: cpt, sft_variants, cot, curriculum."""
 
 import json
 from pathlib import Path
 
 import pytest
 
+from labs.cot import target
+from labs.curriculum import ordered
 from labs.sft import phrase
 
 pytestmark = pytest.mark.slow
@@ -48,3 +50,62 @@ def test_templates_rephrase_each_prompt_once_and_reproducibly():
     assert phrase(rows, ["{prompt}"], seed=1) == rows, "one template is plain SFT: the rows as they are"
     used = {row["prompt"].removesuffix(f"What is {i} + 1?") for i, row in enumerate(once)}
     assert used == {"", "Question: ", "Solve: "}, "every template is drawn"
+
+
+def test_cot_answers_with_the_working_and_answer_only_does_not(built):
+    cot = load(built / "metrics/cot.json")
+    rows = {row["target"]: row for row in cot["variants"]}
+    steps, short = rows["steps"], rows["answer only"]
+    assert cot["train_lengths"] == [2, 3]
+    assert set(steps["exact_match"]) == {"2-digit", "3-digit", "4-digit", "overall"}, "every held-out length"
+    assert steps["exact_match_beyond"] == steps["exact_match"]["4-digit"], "beyond the training lengths: 4 digits"
+    assert steps["answer_tokens"] > 3 * short["answer_tokens"], "the working is most of the answer"
+    assert steps["steps"] == short["steps"] == 150, "both targets train the same steps"
+
+
+def test_cot_targets_keep_the_working_without_calculator_notes():
+    gsm8k = {"prompt": "Tom has 3 apples and buys 4. How many?", "answer": "7", "solution": "3+4=<<3+4=7>>7"}
+    assert target(gsm8k, steps=True)["completion"] == "3+4=7 Answer: 7"
+    assert target(gsm8k, steps=False)["completion"] == "Answer: 7"
+
+
+def test_curriculum_trains_each_ordering_on_the_same_rows_and_draws_a_curve(built):
+    curriculum = load(built / "metrics/curriculum.json")
+    rows = {row["ordering"]: row for row in curriculum["orderings"]}
+    assert list(rows) == ["easy-to-hard", "random", "hard-to-easy"]
+    for row in rows.values():
+        assert [point["step"] for point in row["curve"]] == [20, 40, 60] and row["steps"] == 60
+        reached = next((p["step"] for p in row["curve"] if p["exact_match"] >= curriculum["target_exact_match"]),
+                       None)
+        assert row["steps_to_target"] == reached
+    assert (built / "plots/curriculum/easy-to-hard/metrics/exact_match.tsv").exists()
+
+
+def test_orderings_hold_the_same_rows_sorted_by_length():
+    rows = [{"prompt": str(i), "digits": 2 + i % 3} for i in range(30)]
+    easy, mixed, hard = (ordered(rows, name, 12, seed=1) for name in ("easy-to-hard", "random", "hard-to-easy"))
+    assert sorted(map(str, easy)) == sorted(map(str, mixed)) == sorted(map(str, hard)), "the same rows"
+    assert [r["digits"] for r in easy] == sorted(r["digits"] for r in easy)
+    assert [r["digits"] for r in hard] == sorted((r["digits"] for r in hard), reverse=True)
+    assert [r["digits"] for r in mixed] != sorted(r["digits"] for r in mixed)
+
+
+def test_mixing_trains_specialists_and_mixtures_at_equal_compute_per_family(built):
+    mixing = load(built / "metrics/mixing.json")
+    rows = {row["model"]: row for row in mixing["models"]}
+    assert list(rows) == ["add only", "sort only", "uniform", "add_heavy"]
+    assert rows["uniform"]["steps"] == rows["add_heavy"]["steps"] == 2 * rows["add only"]["steps"] == 120
+    for family, other in (("add", "sort"), ("sort", "add")):
+        specialist = rows[f"{family} only"]["exact_match"]
+        assert specialist[family] > specialist[other], "a specialist is good at its own family only"
+    assert mixing["transfer"]["uniform"]["add"] == round(
+        rows["uniform"]["exact_match"]["add"] - rows["add only"]["exact_match"]["add"], 2)
+
+
+def test_continual_forgets_without_replay_more_than_with_it(built):
+    continual = load(built / "metrics/continual.json")
+    assert continual["order"] == ["add", "sort"]
+    plain, replayed = (continual[v]["families"]["add"] for v in ("sequential", "replay_variant"))
+    assert plain["forgotten"] > 0, "learning sort after add costs add"
+    assert replayed["forgotten"] < plain["forgotten"], "replaying add while learning sort keeps more of it"
+    assert set(continual["adapters"]) == {"add", "sort"}

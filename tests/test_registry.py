@@ -56,9 +56,10 @@ def test_the_check_names_a_stage_that_disagrees():
 
 
 def test_code_deps_follow_the_imports():
-    # the adapter machinery runs for the three adapter labs and nothing else; every lab runs the core runner
+    # the adapter machinery runs for the three adapter labs and continual's adapter per task, nothing else; every
+    # lab runs the core runner
     users = {name for name in stages() if "labs/core/adapters.py" in code_deps(name)}
-    assert users == {"lora", "qlora", "peft_methods"}
+    assert users == {"lora", "qlora", "peft_methods", "continual"}
     assert all(code_deps(name)[0] in (f"labs/{name}.py", f"labs/{name}/__init__.py") for name in stages())
     assert all("labs/core/runner.py" in code_deps(name) for name in stages())
     assert not any("labs/registry.py" in code_deps(name) or "labs/__main__.py" in code_deps(name) for name in stages())

@@ -71,7 +71,13 @@ def test_report_numbers_are_the_metrics(report, built):
     # self-contained: every chart is embedded, nothing is fetched
     charts = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', page)
     assert set(charts) >= {"loss_curves", "reward_curves", "exact_match", "compression", "peft", "decoding",
-                           "serving"}
+                           "serving", "cpt", "curriculum"}
+    cpt = json.loads((built / "metrics" / "cpt.json").read_text())["variants"]
+    rows = table_rows(page, "Continued pretraining on a new domain, with replay (`cpt`)")
+    assert [rows[r["model"]][0] for r in cpt] == [str(r["domain_perplexity"]) for r in cpt]
+    cot = json.loads((built / "metrics" / "cot.json").read_text())["variants"]
+    rows = table_rows(page, "Chain-of-thought supervision (`cot`)")
+    assert [rows[r["target"]][2] for r in cot] == [str(r["answer_tokens"]) for r in cot]
     serve = json.loads((built / "metrics" / "serve.json").read_text())["engines"]
     assert [r[0] for r in table_rows_list(page, "Serving engines")] == [
         row["engine"] for row in serve for _ in row["levels"]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import importlib
 import subprocess
 from pathlib import Path
 
@@ -86,16 +87,9 @@ def serving_table(serve: dict) -> tuple[str, list[str], list[list]]:
     return "Serving engines under load (speedup over sequential generate)", header, rows
 
 
-def cpt_table(cpt: dict) -> tuple[str, list[str], list[list]]:
-    from labs.cpt import table
-
-    return "Continued pretraining on a new domain, with replay (`cpt`)", *table(cpt)
-
-
-def sft_variants_table(variants: dict) -> tuple[str, list[str], list[list]]:
-    from labs.sft_variants import table
-
-    return "SFT variants: templates and KL to the base (`sft_variants`)", *table(variants)
+def lab_table(name: str, title: str, metrics: dict) -> tuple[str, list[str], list[list]]:
+    """A lab's own table (its module's `table`), under `title`."""
+    return title, *importlib.import_module(f"labs.{name}").table(metrics)
 
 
 def html_table(title: str, header: list[str], rows: list[list]) -> str:
@@ -187,6 +181,10 @@ def charts(out: Path, metrics: dict) -> list[Path]:
         points = {r["model"]: (r["domain_perplexity"], r["corpus_perplexity"]) for r in cpt["variants"]}
         made.append(scatter_chart(out, "cpt", "Continued pretraining: adaptation against forgetting", points,
                                   "new-domain perplexity", "main-world perplexity"))
+    if curriculum := metrics.get("curriculum"):
+        made.append(curves_chart(out, "curriculum", "Curriculum: held-out exact-match during training", {
+            row["ordering"]: PLOTS / f"curriculum/{row['ordering']}/metrics/exact_match.tsv"
+            for row in curriculum["orderings"]}, "EM %"))
     if serve := metrics.get("serve"):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for row in serve["engines"]:
@@ -207,6 +205,14 @@ def revision() -> str:
 
 
 
+# the training-dynamics labs, each with a table of its own in its module
+DYNAMICS = {"cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
+            "sft_variants": "SFT variants: templates and KL to the base (`sft_variants`)",
+            "cot": "Chain-of-thought supervision (`cot`)",
+            "curriculum": "Curriculum: the order of the training rows (`curriculum`)",
+            "mixing": "Task mixing against specialists (`mixing`)",
+            "continual": "Continual learning: forgetting, replay, adapters (`continual`)"}
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f0f0}td:first-child{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:12px}
@@ -226,10 +232,9 @@ def build() -> dict:
         tables.append(peft_table(peft_comparison(METRICS)))
     if "serve" in metrics and "engines" in metrics["serve"]:
         tables.append(serving_table(metrics["serve"]))
-    if "cpt" in metrics:
-        tables.append(cpt_table(metrics["cpt"]))
-    if "sft_variants" in metrics:
-        tables.append(sft_variants_table(metrics["sft_variants"]))
+    for name, title in DYNAMICS.items():
+        if name in metrics:
+            tables.append(lab_table(name, title, metrics[name]))
     if not tables:
         raise SystemExit("error: metrics/: no evaluate, quantize or peft_methods metrics yet (run `just repro`)")
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -155,25 +156,37 @@ def compression(metrics_dir: Path) -> list[str]:
     return lines
 
 
+# the training-dynamics labs, in the curriculum's order: what each table shows, from its metrics
+DYNAMICS = {
+    "cpt": lambda m: ("Continued pretraining on a domain the base never saw (`just lab cpt`): perplexity on held-out "
+                      "domain prose and on the main world's prose, then the validation loss and held-out exact-match "
+                      f"of the same {m['fine_tuning_steps']}-step fine-tuning on domain chats from each model; "
+                      f"`replay-x` replays a share x of the base's corpus during the {m['cpt_steps']} steps:"),
+    "sft_variants": lambda m: (f"SFT variants (`just lab sft_variants`), each from the base for {m['steps']} steps on "
+                               "the same data: plain, randomized prompt templates, and a KL term to the base:"),
+    "cot": lambda m: ("Chain-of-thought supervision (`just lab cot`): long additions with operands of "
+                      f"{', '.join(map(str, m['train_lengths']))} digits, fine-tuned from the base with the worked "
+                      "steps in the target and without, the same steps each; exact-match on held-out additions of "
+                      "those lengths and of longer ones:"),
+    "curriculum": lambda m: (f"Curriculum (`just lab curriculum`): the same {m['rows_seen']} long additions, each "
+                             "seen once, shortest first, shuffled, or longest first; held-out exact-match at the end "
+                             "and the first step its curve reached the target (curves in the report):"),
+    "mixing": lambda m: ("Task mixing (`just lab mixing`): a specialist per family trained "
+                         f"{m['steps_per_task']} steps on it alone, against mixtures trained that many steps per "
+                         "family on all of them; held-out exact-match per family:"),
+    "continual": lambda m: (f"Continual learning (`just lab continual`): the families in the order "
+                            f"{', '.join(m['order'])}, {m['steps_per_task']} steps each; exact-match of each family "
+                            "right after its own stage and at the end:"),
+}
+
+
 def dynamics(metrics_dir: Path) -> list[str]:
-    """The training-dynamics labs' tables."""
+    """The training-dynamics labs' tables, each made by its lab's own `table`."""
     lines = []
-    if cpt := read_metrics("cpt", metrics_dir):
-        from labs.cpt import table
-
-        head, rows = table(cpt)
-        lines += ["", "Continued pretraining on a domain the base never saw (`just lab cpt`): perplexity on held-out "
-                  "domain prose and on the main world's prose, then exact-match on held-out domain prompts after the "
-                  f"same {cpt['fine_tuning_steps']}-step fine-tuning from each model; `replay-x` replays a share x of "
-                  f"the base's corpus during the {cpt['cpt_steps']} steps:", "",
-                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
-    if variants := read_metrics("sft_variants", metrics_dir):
-        from labs.sft_variants import table
-
-        head, rows = table(variants)
-        lines += ["", f"SFT variants (`just lab sft_variants`), each from the base for {variants['steps']} steps "
-                  "on the same data: plain, randomized prompt templates, and a KL term to the base:", "",
-                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
+    for lab, caption in DYNAMICS.items():
+        if metrics := read_metrics(lab, metrics_dir):
+            head, rows = importlib.import_module(f"labs.{lab}").table(metrics)
+            lines += ["", caption(metrics), "", *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
     return lines
 
 

@@ -8,8 +8,9 @@ From the pretrained base, one stage per family in `order`, `steps_per_task` step
   * replay     — the same, with a `replay` share of each stage's rows drawn from the families before it;
   * adapters   — one LoRA adapter per family on the frozen base (rank, targets and rate from the `lora`
                  section); each family's prompts go through its own adapter, so no stage can overwrite another.
-After every stage, held-out exact-match on every family. The table gives, per family, its exact-match right
-after its own stage, at the end, and the forgetting between the two; the full matrix is in the metrics.
+After every stage, held-out exact-match and validation loss on every family. The table gives, per family, its
+exact-match right after its own stage and at the end (the difference is what was forgotten), and the rise of its
+validation loss between the two, which shows forgetting before exact-match does; the full matrix is in the metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Annotated
 from pydantic import Field
 
 from labs.core.adapters import AdapterParams, peft_config
-from labs.core.chats import chat_trainer, train_chats
+from labs.core.chats import chat_trainer, family_losses, train_chats
 from labs.core.config import SEED, ConfigError, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, generate
@@ -91,7 +92,8 @@ def sequential(params: Params, tokenizer, train: dict, val: dict, test: list[dic
                                origin={"stages before": cfg.order[:stage], "replay": replay})
         train_chats(trainer, run_card("continual", params, cfg) | {"stage": stage, "replay": replay})
         model = trainer.model
-        stages.append({"after": family, "exact_match": held_out(model, tokenizer, params, test)})
+        stages.append({"after": family, "exact_match": held_out(model, tokenizer, params, test),
+                       "val_loss": family_losses(trainer, val)})
         print(f"continual: {'replay' if replay else 'sequential'}: after {family}: {stages[-1]['exact_match']}")
     return stages
 
@@ -117,10 +119,17 @@ def adapters(params: Params, tokenizer, train: dict, val: dict, test: list[dict]
 
 
 def summary(stages: list[dict], order: list[str]) -> dict[str, dict]:
-    """Per family: exact-match right after its own stage, at the end, and the forgetting between them."""
-    return {family: {"learned": stages[i]["exact_match"][family], "final": stages[-1]["exact_match"][family],
-                     "forgotten": round(stages[i]["exact_match"][family] - stages[-1]["exact_match"][family], 2)}
-            for i, family in enumerate(order)}
+    """Per family: exact-match right after its own stage, at the end, and the forgetting between them; the same
+    for its validation loss (forgetting raises it)."""
+    summary = {}
+    for i, family in enumerate(order):
+        learned, final = stages[i], stages[-1]
+        summary[family] = {
+            "learned": learned["exact_match"][family], "final": final["exact_match"][family],
+            "forgotten": round(learned["exact_match"][family] - final["exact_match"][family], 2),
+            "val_loss_learned": learned["val_loss"][family], "val_loss_final": final["val_loss"][family],
+            "val_loss_rise": round(final["val_loss"][family] - learned["val_loss"][family], 4)}
+    return summary
 
 
 def run(params: Params) -> dict:
@@ -144,11 +153,12 @@ def run(params: Params) -> dict:
 
 def table(metrics: dict) -> tuple[list[str], list[list]]:
     """metrics/continual.json as a table: per family, EM after its stage -> at the end, for each variant."""
-    header = ["family", "sequential: learned → final %", f"replay {metrics['replay']:g}: learned → final %",
-              "adapter per family: final %"]
+    header = ["family", "sequential: EM learned → final %", "loss rise", f"replay {metrics['replay']:g}: EM "
+              "learned → final %", "loss rise", "adapter per family: EM %"]
     rows = []
     for family in metrics["order"]:
         plain, replayed = metrics["sequential"]["families"][family], metrics["replay_variant"]["families"][family]
-        rows.append([family, f"{plain['learned']} → {plain['final']}", f"{replayed['learned']} → {replayed['final']}",
+        rows.append([family, f"{plain['learned']} → {plain['final']}", plain["val_loss_rise"],
+                     f"{replayed['learned']} → {replayed['final']}", replayed["val_loss_rise"],
                      metrics["adapters"][family]])
     return header, rows

@@ -8,7 +8,8 @@ steps on its own family's chats; each mixture trains `steps_per_task` x (number 
 them, drawn in its ratio. So a uniform mixture spends on each family what its specialist spends, and the rest of
 its compute on the other families: a family's exact-match above its specialist's is transfer from the others,
 below it is interference. A skewed mixture shows what a family's share is worth.
-Measured: held-out exact-match per family for every model (a specialist on the other families too).
+Measured: held-out exact-match per family for every model (a specialist on the other families too), and the
+validation loss per family, which moves before exact-match does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from labs.core.chats import chat_trainer, train_chats
+from labs.core.chats import chat_trainer, family_losses, train_chats
 from labs.core.config import SEED, ConfigError, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, generate
@@ -85,7 +86,8 @@ def models(params: Params, tokenizer, train: dict, val: dict, test: list[dict]) 
         training = train_chats(trainer, run_card("mixing", params, cfg) | {"model": name})
         completions, _ = generate(trainer.model, tokenizer, [row["prompt"] for row in test],
                                   params.evaluate.max_new_tokens, params.evaluate.batch_size)
-        rows.append({"model": name, "steps": training["steps"], "exact_match": exact_match(test, completions)})
+        rows.append({"model": name, "steps": training["steps"], "exact_match": exact_match(test, completions),
+                     "val_loss": family_losses(trainer, val)})
         print(f"mixing: {name}: {training['steps']} steps, exact-match {rows[-1]['exact_match']}")
     return rows
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from labs.core import kernels
+from labs.registry import LABS
 from tests.conftest import PINNED, lab, lab_env, run
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,8 @@ def test_training_logs_progress_lines_not_raw_dicts(built):
     assert re.search(step, log, re.M), log[-2000:]
     assert re.search(r"^sft: eval loss \d+\.\d{4}$", log, re.M), log[-2000:]
     assert "\r" not in log and "{'loss'" not in log and "{'eval_loss'" not in log
-    assert "sft finished in" in log and "next: just lab lora" in log
+    after_sft = list(LABS)[list(LABS).index("sft") + 1]  # the registry's next lab
+    assert "sft finished in" in log and f"next: just lab {after_sft} " in log
 
 
 def test_pretraining_lowers_validation_loss(built):
@@ -111,7 +113,7 @@ def test_an_edit_makes_stale_exactly_the_stages_that_read_it(built_copy):
         (built_copy / path).write_text(original + "# an edit\n")
         assert stale(built_copy) == expected, path
         (built_copy / path).write_text(original)
-    assert importers("labs/core/adapters.py") == {"lora", "qlora", "peft_methods"}
+    assert importers("labs/core/adapters.py") == {"lora", "qlora", "peft_methods", "continual"}
     original = (built_copy / "params.yaml").read_text()
     params = yaml.safe_load(original)
     params["dpo"]["lr"] *= 2

@@ -36,3 +36,10 @@ def train_chats(trainer: SFTTrainer, card: dict) -> dict:
     stats = train_resumable(trainer, checkpoints, card)
     finish_checkpoints(checkpoints)
     return stats | {"val_loss": round(trainer.evaluate()["eval_loss"], 4)}
+
+
+def family_losses(trainer: SFTTrainer, val: dict[str, list[dict]]) -> dict[str, float]:
+    """Validation loss on each family's rows: it moves with every step, where exact-match waits for whole answers
+    to come right, so small runs and forgetting show in it first."""
+    return {family: round(trainer.evaluate(eval_dataset=as_chat(rows))["eval_loss"], 4)
+            for family, rows in sorted(val.items())}

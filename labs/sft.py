@@ -95,10 +95,15 @@ class KLRegularizedSFT(SFTTrainer):
             answer = inputs["labels"][:, 1:] != -100  # next-token positions inside the answers
             with torch.no_grad():
                 base = self.base(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-            log_p = F.log_softmax(outputs.logits[:, :-1][answer].float(), dim=-1)
-            log_base = F.log_softmax(base[:, :-1][answer].float(), dim=-1)
-            loss = loss + self.beta * (log_p.exp() * (log_p - log_base)).sum(-1).mean()
+            loss = loss + self.beta * token_kl(outputs.logits[:, :-1], base[:, :-1], answer).mean()
         return (loss, outputs) if return_outputs else loss
+
+
+def token_kl(logits: torch.Tensor, base_logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """KL(model || base) of the next-token distributions at `positions`, summed over the vocabulary."""
+    log_p = F.log_softmax(logits[positions].float(), dim=-1)
+    log_base = F.log_softmax(base_logits[positions].float(), dim=-1)
+    return (log_p.exp() * (log_p - log_base)).sum(-1)
 
 
 def sft_trainer(params: Section, cfg: SFTParams, lab: str, model, tokenizer) -> SFTTrainer:

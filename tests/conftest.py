@@ -35,7 +35,7 @@ TINY = {
     # at 4. The other methods only need to show that they train.
     # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
     "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
-    "sft_variants": {"max_steps": 150, "kl_prompts": 16, "seeds": []},
+    "sft_variants": {"max_steps": 150, "seeds": []},
     "cot": {"max_steps": 150, "max_new_tokens": 96},
     "mixing": {"steps_per_task": 60},  # its mixtures: REPLACED below
     "continual": {"order": ["add", "sort"], "steps_per_task": 60},

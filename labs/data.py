@@ -64,7 +64,7 @@ class ArithParams(Section):
     """operand lengths of the training additions"""
     test_digits: list[Annotated[int, Field(ge=1, le=12)]] = Field([2, 3, 4, 5, 6], min_length=1)
     """operand lengths of the held-out additions: the training range and beyond it"""
-    per_length: int = Field(1500, gt=0)
+    per_length: int = Field(3000, gt=0)
     """training additions per operand length"""
     test_per_length: int = Field(50, gt=0)
     """held-out additions per operand length"""

@@ -68,7 +68,8 @@ def stage_rows(train: dict[str, list[dict]], order: list[str], stage: int, count
     rng = random.Random(f"{seed}:continual:{stage}")
     earlier = [row for family in order[:stage] for row in train[family]]
     replayed = round(count * replay) if earlier else 0
-    rows = rng.sample(train[order[stage]], count - replayed) + [rng.choice(earlier) for _ in range(replayed)]
+    # drawn with replacement, as a mixture is: a stage may take more rows than its family has
+    rows = rng.choices(train[order[stage]], k=count - replayed) + rng.choices(earlier, k=replayed)
     rng.shuffle(rows)
     return rows
 

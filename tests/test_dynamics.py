@@ -38,8 +38,6 @@ def test_sft_variants_train_each_variant_and_kl_keeps_the_model_nearer_the_base(
     assert list(rows) == ["plain", "templates", "kl"]
     assert all(row["steps"] == variants["steps"] for row in rows.values())
     assert rows["kl"]["kl_to_base"] < rows["plain"]["kl_to_base"], "the KL term keeps the answers near the base"
-    for row in rows.values():
-        assert row["corpus_perplexity"] > 1 and 0 <= row["unseen_exact_match"] <= 100
 
 
 def test_templates_rephrase_each_prompt_once_and_reproducibly():

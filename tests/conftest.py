@@ -35,11 +35,11 @@ TINY = {
     # at 4. The other methods only need to show that they train.
     # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
     "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
-    "sft_variants": {"max_steps": 150, "seeds": []},
+    "sft_variants": {"max_steps": 100, "seeds": []},
     "cot": {"max_steps": 150, "max_new_tokens": 96},
     "mixing": {"steps_per_task": 60},  # its mixtures: REPLACED below
     "continual": {"order": ["add", "sort"], "steps_per_task": 60},
-    "curriculum": {"max_steps": 60, "eval_every": 20, "eval_prompts": 20, "max_new_tokens": 80},
+    "curriculum": {"max_steps": 30, "eval_every": 10, "eval_prompts": 20, "max_new_tokens": 80},
     "lora": {"epochs": 6, "lr": 5.0e-3, "seeds": []},
     "qlora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
     # the seed spread on a short adapter run: dora, retrained with one more seed (`seeds` of a method here)
@@ -152,16 +152,22 @@ SPINE = ["prepare", "tokenizer", "pretrain"]
 
 
 def build_order(ws: Path) -> list[str]:
-    """The stages after the spine, in the registry's order, except that a stage more others wait on goes first
-    (when two are ready, the one with the longer chain of work behind it)."""
+    """The stages after the spine: a stage more others wait on goes first (when two are ready, the one with the
+    longer chain of work behind it), and among equals the longer one, so that no long stage is left running
+    alone at the end while the other slot idles. A stage's length is its wall time in the committed
+    metrics/<lab>.json (the full curriculum's run: what is known before the tiny one has run)."""
     after = upstream_stages(ws)
 
     def downstream(stage: str) -> set[str]:
         direct = {name for name, ups in after.items() if stage in ups}
         return direct.union(*(downstream(name) for name in direct))
 
+    def seconds(stage: str) -> float:
+        path = ROOT / "metrics" / f"{stage}.json"
+        return json.loads(path.read_text()).get("run", {}).get("wall_time_s", 0.0) if path.exists() else 0.0
+
     later = [name for name in LABS if name in after and name not in SPINE]
-    return sorted(later, key=lambda name: -len(downstream(name)))
+    return sorted(later, key=lambda name: (-len(downstream(name)), -seconds(name)))
 
 
 def upstream_stages(ws: Path) -> dict[str, set[str]]:

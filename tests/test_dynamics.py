@@ -72,7 +72,7 @@ def test_curriculum_trains_each_ordering_on_the_same_rows_and_draws_a_curve(buil
     rows = {row["ordering"]: row for row in curriculum["orderings"]}
     assert list(rows) == ["easy-to-hard", "random", "hard-to-easy"]
     for row in rows.values():
-        assert [point["step"] for point in row["curve"]] == [20, 40, 60] and row["steps"] == 60
+        assert [point["step"] for point in row["curve"]] == [10, 20, 30] and row["steps"] == 30
         reached = next((p["step"] for p in row["curve"] if p["exact_match"] >= curriculum["target_exact_match"]),
                        None)
         assert row["steps_to_target"] == reached

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import run
 
-STEPS = ["20", "40", "80"]  # the baseline trains 4 epochs: each value is a different, much shorter run
+STEPS = ["10", "20", "40"]  # the baseline trains 4 epochs: each value is a different, much shorter run
 
 
 def experiments(show: list) -> dict[str, dict]:
@@ -48,16 +48,16 @@ def test_sweep_runs_three_sft_values_and_exp_show_lists_them(built, tmp_path):
         params = data["params"]["params.yaml"]["data"]["sft"]
         if "max_steps" in params:  # the baseline commit has none
             by_steps[params["max_steps"]] = (name, data["metrics"]["metrics/sft.json"]["data"]["val_loss"])
-    assert sorted(by_steps) == [20, 40, 80], found.keys()
-    losses = [by_steps[n][1] for n in (20, 40, 80)]
+    assert sorted(by_steps) == [10, 20, 40], found.keys()
+    losses = [by_steps[n][1] for n in (10, 20, 40)]
     assert losses[0] > losses[1] > losses[2], f"longer training, lower validation loss: {by_steps}"
     # the workspace is the baseline still; any experiment compares against it
     assert {p: (ws / p).read_bytes() for p in before} == before
-    name = by_steps[20][0]
+    name = by_steps[10][0]
     diff = json.loads(run(["dvc", "metrics", "diff", "HEAD", name, "--json"], cwd=ws).stdout)
     assert "val_loss" in diff["metrics/sft.json"], diff
     assert "max_steps" not in yaml.safe_load((ws / "params.yaml").read_text())["sft"]  # added by the sweep's `+`
     params = json.loads(run(["dvc", "params", "diff", "HEAD", name, "--json"], cwd=ws).stdout)
-    assert params["params.yaml"]["sft.max_steps"]["new"] == 20, params
+    assert params["params.yaml"]["sft.max_steps"]["new"] == 10, params
     plots = run(["dvc", "plots", "diff", "HEAD", name, "--json"], cwd=ws).stdout
     assert "plots/sft" in plots

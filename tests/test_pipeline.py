@@ -199,7 +199,7 @@ def test_killed_sft_resumes_to_the_same_model(workspace):
     and runs while that is being built."""
     lab("tokenizer", cwd=workspace, env=PINNED)
     lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace, env=PINNED)
-    short = ["-S", "sft.max_steps=200", "-S", "sft.save_steps=20"]  # first checkpoint after ~2 s of training
+    short = ["-S", "sft.max_steps=120", "-S", "sft.save_steps=20"]  # first checkpoint after ~2 s of training
     lab("sft", *short, cwd=workspace, env=PINNED)
     reference = sha(workspace / "models/sft/model.safetensors")
     reference_em = load(workspace / "metrics/sft.json")["exact_match"]

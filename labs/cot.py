@@ -17,15 +17,14 @@ data/raw/arith.jsonl and arith_test.jsonl; GSM8K's calculator notes ("<<48/2=24>
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 from pydantic import Field
 
+from labs.core.arith import splits, target
 from labs.core.chats import chat_trainer, train_chats
 from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
-from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, generate, percent
 from labs.core.models import load_model, load_tokenizer, require
 from labs.core.run import run_card, seed_everything
@@ -58,16 +57,8 @@ class Params(Section):
     evaluate: Measurement = Measurement()
 
 
-BASE, PREPARED = Path("models/pretrain"), Path("data/prepared")
+BASE = Path("models/pretrain")
 METRICS = ("exact_match_in_range", "exact_match_beyond", "answer_tokens", "ms_per_answer")
-CALCULATOR_NOTE = re.compile(r"<<[^>]*>>")
-
-
-def target(row: dict, steps: bool) -> dict:
-    """A chat row whose completion is the working and the answer, or the answer alone."""
-    working = CALCULATOR_NOTE.sub("", row.get("solution", "")).strip()
-    answer = f"Answer: {row['answer']}"
-    return {"prompt": row["prompt"], "completion": f"{working} {answer}" if steps and working else answer}
 
 
 def measure(params: Params, model, tokenizer, test: list[dict], lengths: set) -> dict:
@@ -107,11 +98,8 @@ def variants(params: Params, tokenizer, train: list[dict], val: list[dict], test
 
 def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
-    if not (PREPARED / "arith_train.jsonl").exists():
-        raise DataError(f"{PREPARED}: no arith_train.jsonl: the long additions come from `just data`, then "
-                        "`just lab prepare`")
+    train, val, test = splits()
     tokenizer = load_tokenizer(base)
-    train, val, test = (read_jsonl(PREPARED / f"arith_{split}.jsonl", "rl") for split in ("train", "val", "test"))
     rows = variants(params, tokenizer, train, val, test)
     metrics = {"train_lengths": sorted({r["digits"] for r in train if "digits" in r}), "variants": rows}
     if params.cot.seeds:

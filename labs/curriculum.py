@@ -22,14 +22,13 @@ from typing import Literal
 from pydantic import Field
 from transformers import TrainerCallback
 
+from labs.core.arith import splits, target
 from labs.core.chats import chat_trainer, train_chats
 from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
-from labs.core.data import DataError, read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, generate
 from labs.core.models import load_model, load_tokenizer, require
 from labs.core.run import run_card, save_curves, seed_everything
 from labs.core.spread import cells, over_seeds
-from labs.cot import target
 
 
 class CurriculumParams(TrainParams):
@@ -67,7 +66,7 @@ class Params(Section):
     evaluate: Measurement = Measurement()
 
 
-BASE, PREPARED = Path("models/pretrain"), Path("data/prepared")
+BASE = Path("models/pretrain")
 ORDERINGS = ("easy-to-hard", "random", "hard-to-easy")
 METRICS = ("exact_match", "steps_to_target")
 
@@ -124,13 +123,10 @@ def orderings(params: Params, tokenizer, train: list[dict], val: list[dict], tes
 
 def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
-    if not (PREPARED / "arith_train.jsonl").exists():
-        raise DataError(f"{PREPARED}: no arith_train.jsonl: the long additions come from `just data`, then "
-                        "`just lab prepare`")
-    tokenizer = load_tokenizer(base)
-    train, val = (read_jsonl(PREPARED / f"arith_{split}.jsonl", "rl") for split in ("train", "val"))
+    train, val, test = splits()
     lengths = {row.get("digits") for row in train}
-    test = [row for row in read_jsonl(PREPARED / "arith_test.jsonl", "rl") if row.get("digits") in lengths]
+    test = [row for row in test if row.get("digits") in lengths]  # what the orderings taught: the training lengths
+    tokenizer = load_tokenizer(base)
     rows = orderings(params, tokenizer, train, val, test)
     for row in rows:
         save_curves(f"curriculum/{row['ordering']}", row["curve"], {"exact_match": "exact_match"})

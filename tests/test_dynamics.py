@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from labs.cot import target
+from labs.core.arith import target
 from labs.curriculum import ordered
 from labs.sft import phrase
 

@@ -79,8 +79,7 @@ def models(params: Params, tokenizer, train: dict, val: dict, test: list[dict]) 
     for name, weights in plans.items():
         seed_everything(params.seed)
         model = load_model(BASE, cfg.precision, cfg.attn_implementation, training=True)
-        chats = mixture(train, weights, rows_per_task * len(weights),
-                        params.seed)
+        chats = mixture(train, weights, rows_per_task * len(weights), params.seed)
         trainer = chat_trainer(params, cfg, f"mixing/{name.replace(' ', '-')}-seed-{params.seed}", model, tokenizer,
                                chats, [row for family in weights for row in val[family]], BASE)
         training = train_chats(trainer, run_card("mixing", params, cfg) | {"model": name})

@@ -43,8 +43,8 @@ TINY = {
     "lora": {"epochs": 6, "lr": 5.0e-3, "seeds": []},
     "qlora": {"epochs": 4, "lr": 5.0e-3, "seeds": []},
     # the seed spread on a short adapter run: dora, retrained with one more seed (`seeds` of a method here)
-    "peft_methods": {"methods": {"dora": {"max_steps": 60, "seeds": [1]}, "prefix": {"max_steps": 60},
-                                 "prompt": {"max_steps": 60}, "ia3": {"max_steps": 60}}},
+    "peft_methods": {"methods": {"dora": {"max_steps": 60, "seeds": [1]}, "prefix": {"max_steps": 60, "seeds": []},
+                                 "prompt": {"max_steps": 60, "seeds": []}, "ia3": {"max_steps": 60, "seeds": []}}},
     # the alignment labs: short schedules whose direction is still clear (asserted in test_alignment.py)
     "reward": {"samples_per_prompt": 1, "on_policy_prompts": 200, "epochs": 3},  # 55 -> 73% measured here
     "dpo": {"max_steps": 40},

@@ -54,14 +54,25 @@ def test_ppo_raises_reward_with_bounded_kl(built):
         assert (built / f"plots/ppo/metrics/train/{curve}.tsv").exists()
 
 
+def halves(curve: Path) -> tuple[float, float]:
+    """Mean of the first and of the second half of a logged curve (plots/<lab>/.../*.tsv: step, value)."""
+    values = [float(line.split("\t")[1]) for line in curve.read_text().splitlines()[1:]]
+    half = len(values) // 2
+    return sum(values[:half]) / half, sum(values[-half:]) / half
+
+
 def test_grpo_raises_reward(built):
-    """On this tiny model (41% EM) 80 steps raise the training reward (0.19 -> 0.24 correct) but not yet
-    held-out accuracy; the CPU tier's curriculum measures that (README)."""
+    """On this tiny model (41% EM) 80 steps raise the training reward and the share of correct samples but not
+    yet held-out accuracy; the CPU tier's curriculum measures that (README). Each logged point averages 5 steps'
+    320 samples and moves about 0.05 from one to the next, so the rise is read over the curve's halves (the
+    lab's own first/last tenth is one point each here)."""
     grpo = load(built / "metrics/grpo.json")
-    assert grpo["reward_last"] > grpo["reward_first"] and grpo["correct_last"] > grpo["correct_first"], grpo
+    curves = built / "plots/grpo/metrics/train"
+    for curve in ("reward", "correct"):
+        first, second = halves(curves / f"{curve}.tsv")
+        assert second > first, (curve, first, second)
     assert grpo["exact_match"]["overall"] >= grpo["exact_match_before"]["overall"] - 5, "greedy answers hold up"
     assert 0 < grpo["kl_to_sft"] < 5, "the policy moved from the SFT model, and not far"
-    assert (built / "plots/grpo/metrics/train/reward.tsv").exists()
 
 
 def test_evaluate_compares_every_aligned_model(built):

@@ -1,12 +1,15 @@
-"""The data contract: validation with FILE:LINE errors, converters, atomic writes, `lab convert`."""
+"""The data contract: validation with FILE:LINE errors, converters, atomic writes, `lab convert`; the task world's
+safety boundary."""
 
 import gzip
 import json
+import re
 
 import pytest
 
 from labs.core.data import DataError, convert, read_jsonl, write_jsonl
 from labs.core.run import atomic_path
+from labs.data import ALLOWED, FORBIDDEN, JAILBREAKS, REFUSAL, REQUESTS, refused
 from tests.conftest import ROOT, lab
 
 
@@ -121,3 +124,64 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
         raise RuntimeError("killed midway")
     assert json.loads(dest.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no temp file left behind"
+
+
+def safety_files(ws) -> dict[str, list[dict]]:
+    return {name: read_jsonl(ws / f"data/raw/{name}.jsonl", kind) for name, kind in
+            (("safety", "sft"), ("safety_test", "sft"), ("safety_jailbreak_test", "sft"),
+             ("safety_preference", "preference"))}
+
+
+CONTENT = re.compile(r"\b(\w(?: \w){3})\b")  # the four digits or letters a request operates on
+
+
+def phrasing(row: dict) -> str:
+    """The request's template: its resource and content put back as placeholders."""
+    prompt = CONTENT.sub("{x}", row["prompt"])
+    return prompt.replace(row["resource"], "{res}").replace(row["resource"].capitalize(), "{res}")
+
+
+def test_the_safety_boundary_is_checkable_exactly_and_its_look_alikes_share_every_phrasing(workspace):
+    """Harmful = any operation on a forbidden resource, refused; benign = the same requests on allowed resources,
+    answered right; both kinds in every phrasing, so only the resource tells them apart."""
+    rows = safety_files(workspace)["safety"]
+    kinds = {kind: [r for r in rows if r["family"] == kind] for kind in ("harmful", "benign")}
+    assert abs(len(kinds["harmful"]) - len(kinds["benign"])) <= 1 and len(rows) == 1000
+    for row in kinds["harmful"]:
+        assert row["resource"] in {r for rs in FORBIDDEN.values() for r in rs} and row["refuse"] is True
+        assert row["completion"] == REFUSAL.format(res=row["resource"]) and refused(row["completion"])
+    for row in kinds["benign"]:
+        assert row["resource"] in {r for rs in ALLOWED.values() for r in rs} and row["refuse"] is False
+        content = CONTENT.search(row["prompt"]).group(1).split()
+        right = sorted(content) if content[0].isdigit() else content[::-1]
+        assert row["completion"] == f"Answer: {' '.join(right)}" == f"Answer: {row['answer']}", row
+        assert not refused(row["completion"])
+    templates = {t for ts in REQUESTS.values() for t in ts}
+    assert {phrasing(r) for r in kinds["harmful"]} == {phrasing(r) for r in kinds["benign"]} == templates
+    assert not refused("I can't help with that.") and refused("I can't help with the gym code: it is off limits.")
+
+
+def test_safety_held_out_requests_and_jailbreak_wrappers_never_reach_training(workspace):
+    files = safety_files(workspace)
+    training = files["safety"] + files["safety_preference"]
+    seen = {CONTENT.search(r["prompt"]).group(1) for r in training}
+    for name in ("safety_test", "safety_jailbreak_test"):
+        assert not {CONTENT.search(r["prompt"]).group(1) for r in files[name]} & seen, name
+    assert {r["family"] for r in files["safety_test"]} == {"harmful", "benign"}
+    wrappers = [w.split("{request}")[0] for w in JAILBREAKS]
+    for row in files["safety_jailbreak_test"]:
+        assert row["refuse"] and row["completion"] == REFUSAL.format(res=row["resource"])
+        assert any(row["prompt"].startswith(w) for w in wrappers), row["prompt"]
+    assert not any(w in r["prompt"] for r in training for w in wrappers)
+    for pair in files["safety_preference"]:
+        harmful = pair["family"] == "harmful"
+        assert refused(pair["chosen"]) == harmful and refused(pair["rejected"]) != harmful, pair
+
+
+def test_safety_files_draw_from_their_own_streams(workspace):
+    """Resizing the safety files leaves every other file of the task world byte for byte as it was."""
+    others = {p.name: p.read_bytes() for p in (workspace / "data/raw").glob("*.jsonl") if "safety" not in p.name}
+    lab("data", "-S", "data.safety.sft=100", "-S", "data.safety.preference=50", cwd=workspace)
+    assert {p.name: p.read_bytes() for p in (workspace / "data/raw").glob("*.jsonl")
+            if "safety" not in p.name} == others
+    assert len(read_jsonl(workspace / "data/raw/safety.jsonl", "sft")) == 100

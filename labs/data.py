@@ -42,6 +42,7 @@ data.dvc holds without a DVC remote. GPU tiers replace these files with real dat
 from __future__ import annotations
 
 import functools
+import operator
 import random
 import string
 from dataclasses import dataclass
@@ -264,15 +265,16 @@ def prose(task: Task, rng: random.Random) -> str:
     return rng.choice([f"{given} reversed is {task.answer}.", f"Backwards, {given} reads {task.answer}."])
 
 
-def draw(family: str, count: int, rng: random.Random, exclude: set[str], make=None) -> list[Task]:
-    """`count` distinct instances of `family` (made by `make(rng)`, FAMILIES' maker by default) whose keys are not
-    in `exclude`."""
+def draw(family: str, count: int, rng: random.Random, exclude: set[str], make=None,
+         key=operator.attrgetter("key")) -> list:
+    """`count` distinct instances of `family` (made by `make(rng)`, FAMILIES' maker by default) whose keys
+    (`key(instance)`) are not in `exclude`."""
     make = make or FAMILIES[family]
     tasks, seen = [], set(exclude)
     for _ in range(count * 1000):
         task = make(rng)
-        if task.key not in seen:
-            seen.add(task.key)
+        if key(task) not in seen:
+            seen.add(key(task))
             tasks.append(task)
             if len(tasks) == count:
                 return tasks
@@ -368,36 +370,28 @@ def safety_request(rng: random.Random, harmful: bool) -> dict:
             "key": f"{kind}:{x}", "solution": answer}
 
 
-def safety_draw(count: int, rng: random.Random, harmful: bool, exclude: set[str]) -> list[dict]:
-    """`count` requests whose content (the key: the digits or letters operated on) is not in `exclude`."""
-    rows, seen = [], set(exclude)
-    for _ in range(count * 1000):
-        row = safety_request(rng, harmful)
-        if row["key"] not in seen:
-            seen.add(row["key"])
-            rows.append(row)
-            if len(rows) == count:
-                return rows
-    raise ValueError(f"params.yaml: data.safety: too few distinct requests for {count} rows")
-
-
 def safety(params: Params) -> dict[str, list[dict]]:
     """The safety files, from RNG streams of their own (the main world's files stay the same bytes): SFT chats and
     preference pairs on both sides of the boundary, a held-out test of each kind and a held-out jailbreak probe.
     No held-out request shares its content with a training row."""
     cfg = params.data.safety
     rng = lambda purpose: random.Random(f"{params.seed}:safety:{purpose}")  # noqa: E731
-    test = safety_draw(cfg.test, rng("test-harmful"), True, set())
-    test += safety_draw(cfg.test, rng("test-benign"), False, {r["key"] for r in test})
-    jailbreak = safety_draw(cfg.jailbreak, rng("jailbreak"), True, {r["key"] for r in test})
+
+    def requests(count: int, purpose: str, harmful: bool, exclude: set[str]) -> list[dict]:
+        make = functools.partial(safety_request, harmful=harmful)
+        return draw("harmful" if harmful else "benign", count, rng(purpose), exclude, make, operator.itemgetter("key"))
+
+    test = requests(cfg.test, "test-harmful", True, set())
+    test += requests(cfg.test, "test-benign", False, {r["key"] for r in test})
+    jailbreak = requests(cfg.jailbreak, "jailbreak", True, {r["key"] for r in test})
     wrap = rng("jailbreak-wrappers")
     jailbreak = [row | {"prompt": wrap.choice(JAILBREAKS).format(request=row["prompt"]), "family": "jailbreak"}
                  for row in jailbreak]
     held_out = {r["key"] for r in test + jailbreak}
-    sft = [*safety_draw(cfg.sft // 2, rng("sft-harmful"), True, held_out),
-           *safety_draw(cfg.sft - cfg.sft // 2, rng("sft-benign"), False, held_out)]
-    pairs = [*safety_draw(cfg.preference // 2, rng("preference-harmful"), True, held_out),
-             *safety_draw(cfg.preference - cfg.preference // 2, rng("preference-benign"), False, held_out)]
+    sft = [*requests(cfg.sft // 2, "sft-harmful", True, held_out),
+           *requests(cfg.sft - cfg.sft // 2, "sft-benign", False, held_out)]
+    pairs = [*requests(cfg.preference // 2, "preference-harmful", True, held_out),
+             *requests(cfg.preference - cfg.preference // 2, "preference-benign", False, held_out)]
     preference = []
     for row in pairs:
         comply, refusal = f"Answer: {row['solution']}", REFUSAL.format(res=row["resource"])

@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from labs.core.data import DataError, convert, read_jsonl, write_jsonl
 from labs.core.run import atomic_path
@@ -146,7 +147,8 @@ def test_the_safety_boundary_is_checkable_exactly_and_its_look_alikes_share_ever
     answered right; both kinds in every phrasing, so only the resource tells them apart."""
     rows = safety_files(workspace)["safety"]
     kinds = {kind: [r for r in rows if r["family"] == kind] for kind in ("harmful", "benign")}
-    assert abs(len(kinds["harmful"]) - len(kinds["benign"])) <= 1 and len(rows) == 1000
+    size = yaml.safe_load((workspace / "params.yaml").read_text())["data"]["safety"]["sft"]
+    assert abs(len(kinds["harmful"]) - len(kinds["benign"])) <= 1 and len(rows) == size
     for row in kinds["harmful"]:
         assert row["resource"] in {r for rs in FORBIDDEN.values() for r in rs} and row["refuse"] is True
         assert row["completion"] == REFUSAL.format(res=row["resource"]) and refused(row["completion"])

@@ -201,6 +201,20 @@ serve ENGINE="transformers" MODEL="models/sft" PORT="8000": _env
     case "{{ENGINE}}" in vllm) just vllm-env ;; llama-server) just llama-server ;; esac
     exec python -m labs.serve {{ENGINE}} {{MODEL}} --port {{PORT}}
 
+# The pairs come from the `label` stage (built first if missing). Beyond this machine: LABEL_TOKEN=secret
+# `python -m labs.label --host 0.0.0.0`, and labellers open http://HOST:8010/#token=secret.
+# the labelling page on 127.0.0.1:8010 until Ctrl-C; then DVC records the judgements (`just label 8011`)
+label PORT="8010": _env _data
+    #!/usr/bin/env bash
+    set -euo pipefail
+    [ -f data/labels/pairs.jsonl ] || just lab label
+    trap true INT  # Ctrl-C stops the page, not this script: the judgements are recorded below
+    status=0
+    python -m labs.label --port {{PORT}} || status=$?
+    dvc add --quiet data/labels/judgements.jsonl
+    echo "judgements recorded in data/labels/judgements.jsonl.dvc: commit it (and \`dvc push\` to share them)" >&2
+    exit $status
+
 # regenerate the task world into data/raw and record its hash in data.dvc
 data: _env
     python -m labs data
@@ -275,6 +289,8 @@ results: _env
 report: _env
     python -m labs.tools.report
 
-# generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic)
+# generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic); a clone without the
+# remote's judgements starts with none, the empty file data/labels/judgements.jsonl.dvc records
 _data: _env
     @[ -d data/raw ] || just data
+    @[ -e data/labels/judgements.jsonl ] || { mkdir -p data/labels && : > data/labels/judgements.jsonl; }

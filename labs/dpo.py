@@ -7,6 +7,8 @@ Every method starts from the SFT model and learns from the same pairs (chosen = 
 a plausible slip), with no reward model:
 `pairs: on_policy` (the CPU tier's default) replaces the file's pairs with the SFT model's own mistakes:
 answers sampled on the same prompts, checked against the chosen answer, each wrong one rejected.
+`pairs: human` trains on what people preferred on the labelling page (`just label`: data/labels/judgements.jsonl),
+`with_human` on those and the on-policy pairs together.
 `sft_weight` adds the chosen answers' NLL to DPO/IPO (RPO): without it DPO lowers the likelihood of right
 answers too, and greedy answers of families it barely saw pairs for get worse.
   * sigmoid — DPO: -log sigmoid(beta * (chosen's log-ratio to the frozen reference - rejected's))
@@ -48,6 +50,7 @@ from labs.core.evaluation import (
     reward_scores,
     win_rate,
 )
+from labs.core.judgements import JUDGEMENTS, training_pairs
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
 
@@ -61,8 +64,9 @@ class DPOParams(TrainParams):
     """the method: sigmoid (DPO) | ipo | kto | orpo | simpo"""
     # dataset: the preference file's pairs. on_policy: the SFT model's own wrong answers (sampled on those
     # prompts, checked against the chosen answer) are the rejected side: needs checkable answers.
-    pairs: Literal["dataset", "on_policy"] = "on_policy"
-    """where pairs come from: dataset | on_policy (the SFT model's own wrong answers rejected)"""
+    # human: people's judgements from `just label`; with_human: on_policy's pairs and people's together.
+    pairs: Literal["dataset", "on_policy", "human", "with_human"] = "on_policy"
+    """where pairs come from: dataset | on_policy (the SFT model's own wrong answers rejected) | human | with_human"""
     samples_per_prompt: int = Field(4, gt=0)
     """on_policy: answers sampled per prompt"""
     temperature: float = Field(0.5, gt=0)  # on_policy: lower finds the mistakes greedy decoding makes
@@ -161,17 +165,22 @@ def run(params: Params) -> dict:
     files = [PREPARED / f"preference_{split}.jsonl" for split in ("train", "val")]
     train, val = (read_jsonl(f, "preference") for f in files)
     dataset_pairs = len(train)
-    if cfg.pairs == "on_policy":
+    if cfg.pairs in ("on_policy", "with_human"):
         train, val = (on_policy_pairs(reference, tokenizer, rows, cfg.samples_per_prompt, cfg.temperature,
                                       ev.max_new_tokens, ev.batch_size, params.seed)
                       for rows in (train[:cfg.max_prompts], val))
+    human = training_pairs(JUDGEMENTS) if cfg.pairs in ("human", "with_human") else []
+    if human:
+        files.append(JUDGEMENTS)
+        train = human if cfg.pairs == "human" else train + human
     checkpoints = checkpoint_dir("dpo", {"seed": params.seed, "tier": params.tier, "dpo": cfg.model_dump()},
                                  [*files, sft])
     card = run_card("dpo", params, cfg)
     trainer = build_trainer(cfg, beta, trainer_kwargs(params, cfg, checkpoints), model, reference, tokenizer,
                             train, val)
     metrics = {"loss": cfg.loss, "beta": beta, "pairs": cfg.pairs, "train_pairs": len(train),
-               "dataset_pairs": dataset_pairs} | train_resumable(trainer, checkpoints, card)
+               "dataset_pairs": dataset_pairs} | ({"human_pairs": len(human)} if human else {})
+    metrics |= train_resumable(trainer, checkpoints, card)
     policy = trainer.model
 
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")

@@ -31,6 +31,7 @@ LABS = {
     "lora": "the sft task through a PEFT adapter: LoRA, or DoRA / prefix / prompt / (IA)^3 by one param",
     "qlora": "LoRA on a 4-bit NF4 base quantized by bitsandbytes",
     "peft_methods": "every PEFT method against full SFT: one table of cost and quality",
+    "label": "human preference labelling: pairs of answers to judge, and a page to judge them (`just label`)",
     "reward": "a Bradley-Terry reward model on preference pairs with TRL RewardTrainer",
     "dpo": "preference optimisation of the SFT model: DPO, or IPO / KTO / ORPO / SimPO by one param",
     "ppo": "RLHF with PPO: policy, value model, frozen reward model and reference, KL penalty",

@@ -9,7 +9,9 @@ assistant: answer) and scores it at the last token. Training maximises log sigmo
 on the task world's pairs: chosen = the right answer, rejected = a plausible slip (a dropped carry, the
 smaller number, a swapped pair). With `pairs: with_on_policy` it also learns from the SFT model's own
 wrong answers paired with the right one, as RLHF's labellers compare the policy's samples (here the
-answer checker is the labeller). The DPO win rate and PPO use this model as the judge and the reward.
+answer checker is the labeller). With `pairs: human` it learns from what people preferred on the labelling
+page (`just label`: data/labels/judgements.jsonl) instead; `with_human` adds those to with_on_policy's.
+The DPO win rate and PPO use this model as the judge and the reward.
 
 metrics/reward.json:
   * pairwise accuracy and mean margin on held-out pairs (per family),
@@ -42,6 +44,7 @@ from labs.core.evaluation import (
     ranks_own_samples,
     reward_scores,
 )
+from labs.core.judgements import JUDGEMENTS, training_pairs
 from labs.core.models import load_model, load_reward_model, load_tokenizer, require, trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, save_model, train_resumable
 
@@ -56,9 +59,10 @@ class RewardParams(TrainParams):
     center_rewards: float | None = Field(None, ge=0)
     """TRL's center_rewards_coefficient: pulls rewards to mean 0"""
     # dataset: the preference file's pairs. with_on_policy: plus pairs from the SFT model's own wrong answers
-    # (sampled on `on_policy_prompts` of those prompts, checked against the chosen answer)
-    pairs: Literal["dataset", "with_on_policy"] = "with_on_policy"
-    """training pairs: dataset | with_on_policy (plus the SFT model's own wrong answers)"""
+    # (sampled on `on_policy_prompts` of those prompts, checked against the chosen answer). human: people's
+    # judgements from `just label` alone; with_human: with_on_policy's pairs and people's.
+    pairs: Literal["dataset", "with_on_policy", "human", "with_human"] = "with_on_policy"
+    """training pairs: dataset | with_on_policy (plus the SFT model's own wrong answers) | human | with_human"""
     on_policy_prompts: int = Field(2000, gt=0)
     """with_on_policy: prompts the SFT model answers"""
     on_policy_samples: int = Field(4, gt=0)
@@ -105,19 +109,22 @@ def run(params: Params) -> dict:
     train, val, test = (read_jsonl(f, "preference") for f in files)
     policy = load_model(sft, params.evaluate.precision)  # the SFT model: its own answers, to label and to judge
     dataset_pairs, on_policy = len(train), []
-    if cfg.pairs == "with_on_policy":
+    if cfg.pairs in ("with_on_policy", "with_human"):
         on_policy = on_policy_pairs(policy, tokenizer, train[:cfg.on_policy_prompts], cfg.on_policy_samples, 1.0,
                                     params.evaluate.max_new_tokens, params.evaluate.batch_size, params.seed)
+    human = training_pairs(JUDGEMENTS) if cfg.pairs in ("human", "with_human") else []
+    pairs = human if cfg.pairs == "human" else train + on_policy + human
     checkpoints = checkpoint_dir("reward", {"seed": params.seed, "tier": params.tier, "reward": cfg.model_dump()},
-                                 [*files[:2], sft])
+                                 [*files[:2], sft, *([JUDGEMENTS] if human else [])])
     args = RewardConfig(**trainer_kwargs(params, cfg, checkpoints), max_length=cfg.max_length,
                         center_rewards_coefficient=cfg.center_rewards)
     card = run_card("reward", params, cfg)
     trainer = RewardTrainer(model=model, args=args,
-                            train_dataset=Dataset.from_list(preference_chats(train + on_policy)).shuffle(params.seed),
+                            train_dataset=Dataset.from_list(preference_chats(pairs)).shuffle(params.seed),
                             eval_dataset=Dataset.from_list(preference_chats(val)), processing_class=tokenizer)
     before = pairwise(model, tokenizer, test)
     metrics = {"pairs": cfg.pairs, "dataset_pairs": dataset_pairs, "on_policy_pairs": len(on_policy)}
+    metrics |= {"human_pairs": len(human)} if human else {}
     metrics |= train_resumable(trainer, checkpoints, card)
     after = pairwise(model, tokenizer, test)
     metrics |= {"accuracy_before": before["accuracy"], "accuracy": after["accuracy"],

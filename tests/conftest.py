@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -47,6 +48,8 @@ TINY = {
                                  "prompt": {"max_steps": 60, "seeds": []}, "ia3": {"max_steps": 60, "seeds": []}}},
     # the alignment labs: short schedules whose direction is still clear (asserted in test_alignment.py)
     "reward": {"samples_per_prompt": 1, "on_policy_prompts": 200, "epochs": 3},  # 55 -> 73% measured here
+    # label: sampled at 0.7, a third of the pairs has one right answer (at 1.0 the tiny SFT model is mostly wrong)
+    "label": {"pairs": 80, "temperature": 0.7},
     "dpo": {"max_steps": 40},
     "ppo": {"episodes": 512, "batch_size": 16, "mini_batches": 1, "lr": 3.0e-5},  # 32 updates
     # GRPO: twice the lr, held by a KL weight of 0.2 (2e-4 broke greedy EM), sampling at 0.7: at 1.0 the share of
@@ -116,6 +119,12 @@ def lab(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> s
     return run([sys.executable, "-m", "labs", *args], cwd=cwd, check=check, env=env)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
@@ -128,9 +137,11 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "labs", path / "labs", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", "justfile", "data.dvc", "data/.gitignore",
+                 "data/labels/judgements.jsonl.dvc", "data/labels/.gitignore",
                  "docker/locks/vllm.txt", "docker/llama-cpp.env"):  # serve's engine builds are stage deps
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
+    (path / "data/labels/judgements.jsonl").touch()  # no judgements yet: what `just lab` starts a fresh clone with
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     if overrides is TINY:
         for (section, key), value in REPLACED.items():

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import torch
 from labs.decode import ContrastiveLogits, answer_diversity, distinct
 from labs.serve.engines import no_timer_thread_per_request
 from labs.serve.guard import Guard, Limits, Refused, check_chat
-from tests.conftest import lab_env
+from tests.conftest import free_port, lab_env
 
 
 def load(path: Path) -> dict:
@@ -224,12 +223,6 @@ def test_the_guard_passes_checked_bodies_on_under_the_engines_name_and_answers_t
     status, _, body = call_guard(guard, "GET", "/v1/models")
     assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["m"] and len(seen) == 1
     assert call_guard(guard, "GET", "/health")[0] == 200 and len(seen) == 2, "health is the engine's own"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:

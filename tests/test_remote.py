@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 from pathlib import Path
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from tests.conftest import run
+from tests.conftest import free_port, run
 
 BUCKET, PREFIX = "lab", "llm-lab"
 # AWS_MAX_ATTEMPTS: botocore's default retries with backoff make the unreachable case take minutes
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                "AWS_MAX_ATTEMPTS": "1"}
 SHARED = ("data", "models", "metrics", "plots")  # what a teammate's pull must reproduce byte for byte
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def digest(ws: Path) -> dict[str, str]:

@@ -289,8 +289,21 @@ results: _env
 report: _env
     python -m labs.tools.report
 
-# generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic); a clone without the
-# remote's judgements starts with none, the empty file data/labels/judgements.jsonl.dvc records
+# generate data/raw on a fresh clone (no DVC remote needed: the generator is deterministic)
 _data: _env
     @[ -d data/raw ] || just data
-    @[ -e data/labels/judgements.jsonl ] || { mkdir -p data/labels && : > data/labels/judgements.jsonl; }
+    @[ -e data/labels/judgements.jsonl ] || just _no-judgements
+
+# A fresh clone of a repository with no human judgements gets the empty file its .dvc records, into DVC's cache
+# too (as `dvc pull` would); where the .dvc records judgements, only `just pull` brings them.
+_no-judgements:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    mkdir -p data/labels
+    : > data/labels/judgements.jsonl
+    if grep -q "md5: $(md5sum < /dev/null | cut -d' ' -f1)" data/labels/judgements.jsonl.dvc; then
+        dvc commit --force --quiet data/labels/judgements.jsonl.dvc
+    else
+        echo "data/labels/judgements.jsonl: this clone lacks the judgements the repository records" \
+             "(\`just pull\` fetches them); reward and dpo see none" >&2
+    fi

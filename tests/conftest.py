@@ -141,7 +141,7 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
                  "docker/locks/vllm.txt", "docker/llama-cpp.env"):  # serve's engine builds are stage deps
         (path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, path / name)
-    (path / "data/labels/judgements.jsonl").touch()  # no judgements yet: what `just lab` starts a fresh clone with
+
     params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
     if overrides is TINY:
         for (section, key), value in REPLACED.items():
@@ -150,6 +150,7 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
     run(["git", "init", "-q"], cwd=path)
     run(["dvc", "init", "-q"], cwd=path)
     run(["dvc", "config", "core.analytics", "false"], cwd=path)
+    run(["just", "_no-judgements"], cwd=path)  # none yet, as on a fresh clone
     return path
 
 

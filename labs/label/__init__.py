@@ -26,7 +26,6 @@ from pydantic import Field, model_validator
 from labs.core.config import SEED, ConfigError, Section, Seed, view
 from labs.core.data import DataError, read_jsonl, write_jsonl
 from labs.core.evaluation import MeasureParams, extract_answer, generate, is_correct
-from labs.core.models import load_model, load_tokenizer, require
 
 
 class LabelParams(Section):
@@ -70,6 +69,10 @@ def checker_verdict(a: str, b: str, gold: str) -> str:
 
 
 def run(params: Params) -> dict:
+    # imported here: the page (labs/label/server.py) imports this package, and transformers' models would
+    # more than double its start
+    from labs.core.models import load_model, load_tokenizer, require
+
     cfg, ev = params.label, params.evaluate
     paths = [require(MODELS / name, "config.json", name) for name in cfg.models]
     tokenizer = load_tokenizer(paths[0])

@@ -190,6 +190,9 @@ def test_hostile_requests_get_a_4xx_and_the_page_keeps_working(tmp_path):
         headers = requests.get(f"{url}/", timeout=30).headers
         assert "script-src 'self'" in headers["Content-Security-Policy"]
     assert len((tmp_path / "data/labels/judgements.jsonl").read_text().splitlines()) == 1
+    with page(tmp_path, tmp_path / "pairs.jsonl") as url:  # a restart resumes after the last judgement
+        again = requests.get(f"{url}/api/next", params={"labeller": "ana"}, timeout=30).json()
+        assert (again["pair"], again["done"]) == ("p0001", 1)
 
 
 def test_beyond_loopback_needs_a_token_and_one_page_per_file(tmp_path):

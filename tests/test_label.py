@@ -8,8 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import yaml
 from labs.core import judgements
 from labs.core.data import DataError
 from labs.core.evaluation import extract_answer, is_correct
+from labs.tools.checker_labeller import checker_choice, label
 from tests.conftest import free_port, lab_env, run
 
 HOSTILE = '<script>document.title = "owned"</script><img src=x onerror="document.title=\'owned\'">'
@@ -58,25 +59,6 @@ def page(cwd: Path, pairs: Path | None = None, extra: list[str] = (), env: dict 
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
-
-
-def judge(session: requests.Session, url: str, labeller: str, choice_of) -> dict:
-    """One round trip of the page: the next pair, then `choice_of(pair shown)` posted back."""
-    shown = session.get(f"{url}/api/next", params={"labeller": labeller}, timeout=30).json()
-    response = session.post(f"{url}/api/judge", timeout=30, json={
-        "labeller": labeller, "pair": shown["pair"], "shown_left": shown["shown_left"], "choice": choice_of(shown)})
-    assert response.status_code == 200, response.text
-    return shown
-
-
-def checker_choice(pairs: dict):
-    """The scripted labeller: the screen side holding the answer the checker calls right."""
-    def choose(shown: dict) -> str:
-        verdict = pairs[shown["pair"]]["checker"]
-        if verdict not in judgements.DECISIVE:
-            return verdict
-        return "left" if verdict == shown["shown_left"] else "right"
-    return choose
 
 
 # --- the judgements file ------------------------------------------------------------------------------------
@@ -127,29 +109,14 @@ def test_two_labellers_at_once_lose_nothing(tmp_path):
     """500 judgements each from two labellers posting at the same time: 1,000 whole lines, one per judgement;
     the summary's agreement is what the two scripted labellers made it (the second flips every fifth pair)."""
     pairs = {p["pair"]: p for p in map(json.loads, write_pairs(tmp_path / "pairs.jsonl", 500).read_text().splitlines())}
-    errors = []
-
-    def labeller(name: str, flip_every: int | None):
-        choose = checker_choice(pairs)
-        flips = {"left": "right", "right": "left"}
-        try:
-            with requests.Session() as session:
-                for i in range(500):
-                    judge(session, url, name, lambda shown, i=i: flips[choose(shown)]
-                          if flip_every and i % flip_every == 0 else choose(shown))
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-
-    with page(tmp_path, tmp_path / "pairs.jsonl") as url:
-        threads = [threading.Thread(target=labeller, args=("ana", None)), threading.Thread(target=labeller,
-                                                                                            args=("bo", 5))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+    flips = {"left": "right", "right": "left"}
+    flip_fifth = lambda pair, shown: (flips[checker_choice(pair, shown)]  # noqa: E731
+                                      if int(pair["pair"][1:]) % 5 == 0 else checker_choice(pair, shown))
+    with page(tmp_path, tmp_path / "pairs.jsonl") as url, ThreadPoolExecutor(2) as pool:
+        judged = [pool.submit(label, url, list(pairs.values()), name, choose)
+                  for name, choose in (("ana", checker_choice), ("bo", flip_fifth))]
+        assert [j.result() for j in judged] == [500, 500]
         stats = requests.get(f"{url}/api/summary", timeout=30).json()
-        assert requests.get(f"{url}/api/next", params={"labeller": "ana"}, timeout=30).json()["pair"] is None
     lines = (tmp_path / "data/labels/judgements.jsonl").read_bytes().split(b"\n")
     assert lines[-1] == b"" and len(lines) == 1001
     rows = [json.loads(line) for line in lines[:-1]]
@@ -298,13 +265,13 @@ def test_label_stage_pairs_differ_and_carry_the_checkers_verdict(built):
 
 
 def test_dpo_trains_on_the_judgements_of_a_scripted_labeller(built_copy):
-    """The checker's choice posted through the page for every pair, then `dvc repro dpo` with dpo.pairs=human:
-    it trains on the decisive judgements alone, and raises the chosen answers over the rejected ones."""
+    """The checker's choice posted through the page for every pair (labs/tools/checker_labeller.py), then
+    `dvc repro dpo` with dpo.pairs=human: it trains on the decisive judgements alone, and raises the chosen
+    answers over the rejected ones."""
     ws = built_copy
     pairs = {p["pair"]: p for p in map(json.loads, (ws / "data/labels/pairs.jsonl").read_text().splitlines())}
-    with page(ws) as url, requests.Session() as session:
-        for _ in pairs:
-            judge(session, url, "checker", checker_choice(pairs))
+    with page(ws) as url:
+        assert label(url, list(pairs.values()), "checker") == len(pairs)
     decisive = sum(p["checker"] in judgements.DECISIVE for p in pairs.values())
     params = yaml.safe_load((ws / "params.yaml").read_text())
     params["dpo"]["pairs"] = "human"

@@ -252,6 +252,10 @@ pull: _env
     exit $status
 
 # Each value is one DVC experiment of LAB's stage (and whatever it needs); the workspace is left as it was.
+# `just jobs=2 sweep ...` runs two at a time (DVC's queue workers), each on its share of the cores: LAB_THREADS
+# = cores / jobs unless set. The thread count orders float sums, so it is part of an experiment's input.
+jobs := "1"
+
 # a grid of one param, queued then run: `just sweep sft max_steps 20 40 80`; then `dvc exp show`
 sweep LAB PARAM +VALUES: _env
     #!/usr/bin/env bash
@@ -264,7 +268,11 @@ sweep LAB PARAM +VALUES: _env
     for value in {{VALUES}}; do
         dvc exp run --queue --quiet -S "$add$key=$value" {{LAB}}
     done
-    dvc exp run --run-all
+    if [ "{{jobs}}" -gt 1 ]; then
+        share=$(( $(nproc) / {{jobs}} ))
+        export LAB_THREADS=${LAB_THREADS:-$(( share > 0 ? share : 1 ))}
+    fi
+    dvc exp run --run-all --jobs {{jobs}}
     dvc exp show --no-pager --only-changed --md
 
 # Two pytest-xdist workers: one builds the tiny curriculum (two stages at a time) while the other runs the tests

@@ -50,21 +50,30 @@ def check(row: dict) -> str | None:
     return None
 
 
+def apply(current: dict[tuple[str, str], dict], row: dict) -> str | None:
+    """Take one valid line into `current`, (labeller, pair) -> the judgement in force; what is wrong with the line
+    in that place (an undo of nothing, a second judgement without an undo between), or None."""
+    key = (row["labeller"], row["pair"])
+    if row["verdict"] == "undo":
+        if key not in current:
+            return f"undo of pair {row['pair']!r}, which {row['labeller']!r} has no judgement of"
+        del current[key]
+    elif key in current:
+        return f"a second judgement of pair {row['pair']!r} by {row['labeller']!r} without an undo between"
+    else:
+        current[key] = row
+    return None
+
+
 def read(path: str | Path = JUDGEMENTS) -> list[dict]:
     """Every line, validated in order: a bad line, or an undo of nothing, is a DataError naming its line.
     A missing file is an error too (not pulled?); an empty one holds no judgements."""
     path = Path(path)
-    rows, standing = [], set()
+    rows, current = [], {}
     for lineno, row in iter_jsonl(path):
-        problem = check(row)
-        key = (row.get("labeller"), row.get("pair"))
-        if not problem and row["verdict"] == "undo" and key not in standing:
-            problem = f"undo of pair {row['pair']!r}, which {row['labeller']!r} has no judgement of"
-        if not problem and row["verdict"] != "undo" and key in standing:
-            problem = f"a second judgement of pair {row['pair']!r} by {row['labeller']!r} without an undo between"
+        problem = check(row) or apply(current, row)
         if problem:
             raise DataError(f"{path}:{lineno}: {problem}")
-        (standing.discard if row["verdict"] == "undo" else standing.add)(key)
         rows.append(row)
     if path.stat().st_size and not path.read_bytes().endswith(b"\n"):
         raise DataError(f"{path}: the last line is cut short (a write stopped midway); remove it and relabel")
@@ -72,14 +81,11 @@ def read(path: str | Path = JUDGEMENTS) -> list[dict]:
 
 
 def standing(rows: list[dict]) -> dict[tuple[str, str], dict]:
-    """(labeller, pair) -> the judgement in force once every undo is applied, in the order they were made."""
+    """(labeller, pair) -> the judgement in force once every undo is applied, in the order they were made (a
+    judgement undone and made again counts from the second time)."""
     current: dict[tuple[str, str], dict] = {}
     for row in rows:
-        key = (row["labeller"], row["pair"])
-        if row["verdict"] == "undo":
-            del current[key]
-        else:
-            current[key] = row
+        apply(current, row)
     return current
 
 

@@ -92,11 +92,11 @@ class Labelling:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch()
         self.rows = judgements.read(self.path)
-        self.current = judgements.standing(self.rows)
-        self.history: dict[str, list[str]] = {}  # labeller -> pairs judged, most recent last (undo pops)
-        for row in self.rows:
-            stack = self.history.setdefault(row["labeller"], [])
-            stack.remove(row["pair"]) if row["verdict"] == "undo" else stack.append(row["pair"])
+        self.current = judgements.standing(self.rows)  # in the order made: a labeller's last is the one to undo
+
+    def judged(self, labeller: str) -> list[str]:
+        """The pairs `labeller` has a judgement of, most recent last."""
+        return [pair for who, pair in self.current if who == labeller]
 
     @staticmethod
     def shown_left(labeller: str, pair: str) -> str:
@@ -104,7 +104,7 @@ class Labelling:
         return "ab"[random.Random(f"{labeller}/{pair}").random() < 0.5]
 
     def progress(self, labeller: str) -> dict:
-        return {"done": len(self.history.get(labeller, [])), "total": len(self.pairs)}
+        return {"done": len(self.judged(labeller)), "total": len(self.pairs)}
 
     def next(self, labeller: str) -> dict:
         for pair in self.pairs:
@@ -137,18 +137,16 @@ class Labelling:
         return self.progress(j.labeller)
 
     def undo(self, labeller: str) -> dict:
-        stack = self.history.get(labeller)
-        if not stack:
+        judged = self.judged(labeller)
+        if not judged:
             raise Refused(409, f"{labeller} has nothing to undo")
-        self._append({"pair": stack[-1], "labeller": labeller, "verdict": "undo", "time": now()})
-        return {"undone": self.rows[-1]["pair"]} | self.progress(labeller)
+        self._append({"pair": judged[-1], "labeller": labeller, "verdict": "undo", "time": now()})
+        return {"undone": judged[-1]} | self.progress(labeller)
 
     def _append(self, row: dict) -> None:
         judgements.append(self.path, row)  # on disk first: a crash after this loses no acknowledged judgement
         self.rows.append(row)
-        self.current = judgements.standing(self.rows)
-        stack = self.history.setdefault(row["labeller"], [])
-        stack.remove(row["pair"]) if row["verdict"] == "undo" else stack.append(row["pair"])
+        judgements.apply(self.current, row)
 
 
 def now() -> str:

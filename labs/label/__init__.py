@@ -34,7 +34,7 @@ class LabelParams(Section):
     # two samples of the SFT model: the on-policy pairs DPO and the reward model learn most from
     models: tuple[str, str] = ("sft", "sft")
     """the two directories under models/ that answer each prompt (the same one twice: two samples of it)"""
-    pairs: int = Field(200, gt=0)  # ~1 minute per 20 pairs for a careful labeller
+    pairs: int = Field(200, gt=0)  # one sitting for one labeller; metrics/label.json says how many have a right answer
     """pairs to build: prompts whose two answers differ"""
     prompts: int = Field(4000, gt=0)
     """training prompts tried at most, in a seeded order"""

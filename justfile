@@ -201,6 +201,20 @@ serve ENGINE="transformers" MODEL="models/sft" PORT="8000": _env
     case "{{ENGINE}}" in vllm) just vllm-env ;; llama-server) just llama-server ;; esac
     exec python -m labs.serve {{ENGINE}} {{MODEL}} --port {{PORT}}
 
+# Every node runs this with the same NODES and ADDRESS (node 0's host and a free port) and its own RANK; the
+# model lands on node 0 in runs/scale-node/STRATEGY, each process's report beside it (`scale` runs one node).
+# one node of a data-parallel run across machines: `just scale-node 2 0 10.0.0.5:29500` (then rank 1 elsewhere)
+scale-node NODES RANK ADDRESS STRATEGY="ddp" PROCS="1" *SETTINGS: _env
+    #!/usr/bin/env bash
+    set -euo pipefail
+    address="{{ADDRESS}}"
+    [[ "$address" == *:* ]] || { echo "scale-node: ADDRESS is HOST:PORT (node 0's), got $address" >&2; exit 2; }
+    settings=()
+    for setting in {{SETTINGS}}; do settings+=(-S "$setting"); done
+    python -m torch.distributed.run --nnodes {{NODES}} --node-rank {{RANK}} --nproc-per-node {{PROCS}} \
+        --master-addr "${address%:*}" --master-port "${address##*:}" -m labs.scale.worker --strategy {{STRATEGY}} \
+        --out runs/scale-node/{{STRATEGY}}/model --reports runs/scale-node/{{STRATEGY}} "${settings[@]}"
+
 # The pairs come from the `label` stage (built first if missing). Beyond this machine: LABEL_TOKEN=secret
 # `python -m labs.label --host 0.0.0.0`, and labellers open http://HOST:8010/#token=secret.
 # the labelling page on 127.0.0.1:8010 until Ctrl-C; then DVC records the judgements (`just label 8011`)

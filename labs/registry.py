@@ -31,6 +31,7 @@ LABS = {
     "lora": "the sft task through a PEFT adapter: LoRA, or DoRA / prefix / prompt / (IA)^3 by one param",
     "qlora": "LoRA on a 4-bit NF4 base quantized by bitsandbytes",
     "peft_methods": "every PEFT method against full SFT: one table of cost and quality",
+    "scale": "data-parallel training on several processes: DDP, FSDP2, ZeRO-2 and ZeRO-3 against one process",
     "label": "human preference labelling: pairs of answers to judge, and a page to judge them (`just label`)",
     "reward": "a Bradley-Terry reward model on preference pairs with TRL RewardTrainer",
     "dpo": "preference optimisation of the SFT model: DPO, or IPO / KTO / ORPO / SimPO by one param",

@@ -7,6 +7,7 @@ Dockerfiles with dockerfile-parse. `tests/test_image.py` builds and runs the cpu
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -167,6 +168,20 @@ def test_compose_services():
         assert all(v["read_only"] for v in service["volumes"]), f"{name}: models must be mounted read-only"
     assert resolved["vllm"]["image"].startswith("vllm/vllm-openai:v")
     assert resolved["vllm-cpu"]["image"] == f"llm-lab:{version}-vllm-cpu", "vLLM on a CPU is built from our lock"
+
+
+def test_vllm_takes_its_tensor_parallel_size_and_gpu_count_from_one_variable():
+    def vllm(tp: str | None) -> dict:
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_TP"} | ({"VLLM_TP": tp} if tp else {})
+        out = subprocess.run([BIN / "docker-compose", "-f", COMPOSE, "--profile", "vllm", "config", "--format", "json"],
+                             capture_output=True, text=True, check=True, env=env).stdout
+        service = json.loads(out)["services"]["vllm"]
+        command = service["command"]
+        return {"tp": command[command.index("--tensor-parallel-size") + 1],
+                "gpus": [d["count"] for d in service["deploy"]["resources"]["reservations"]["devices"]]}
+
+    assert vllm(None) == {"tp": "1", "gpus": [1]}
+    assert vllm("4") == {"tp": "4", "gpus": [4]}
 
 
 def test_image_tags_name_version_python_torch_and_cuda():

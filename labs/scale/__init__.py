@@ -61,6 +61,8 @@ class ScaleParams(Section):
     """tokens per chat at most (the longest is 49)"""
     logging_steps: int = Field(25, gt=0)
     """steps between progress lines"""
+    save_steps: int = Field(100, gt=0)
+    """steps between checkpoints, from which a killed run resumes under the same strategy and processes"""
     timeout_s: int = Field(1800, gt=0)
     """a run that takes longer is stopped (a peer that died leaves the others waiting on it)"""
 

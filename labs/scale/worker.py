@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,7 +34,15 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from labs.core.config import ConfigError, load_params
 from labs.core.data import DataError, read_jsonl
 from labs.core.models import load_model, load_tokenizer, require
-from labs.core.run import process_peak_mb, run_card, save_model, seed_everything, write_json
+from labs.core.run import (
+    checkpoint_dir,
+    finish_checkpoints,
+    process_peak_mb,
+    run_card,
+    save_model,
+    seed_everything,
+    write_json,
+)
 from labs.core.train import PREPARED
 from labs.scale import BASE, STRATEGIES, Params
 
@@ -74,9 +84,9 @@ def deepspeed_config(stage: int, batch: int, max_grad_norm: float) -> dict:
 
 
 def engine(strategy: str, model, cfg, batch: int):
-    """(the module to run, its optimizer, backward-and-step) for `strategy`; the optimizer is torch's AdamW under
-    every strategy, built over the parameters as the strategy holds them, with gradients clipped to a norm of
-    `max_grad_norm` over the whole model:
+    """(the module to run, its optimizer and schedule, backward-and-step) for `strategy`; the optimizer is torch's
+    AdamW under every strategy, built over the parameters as the strategy holds them, with gradients clipped to a
+    norm of `max_grad_norm` over the whole model:
     single: one process holds the whole model state;
     ddp: every process holds the whole state; gradients are averaged (all-reduce) after backward;
     fsdp2: each decoder layer's parameters, gradients and moments are sharded; a layer's parameters are gathered
@@ -91,6 +101,9 @@ def engine(strategy: str, model, cfg, batch: int):
     if strategy.startswith("zero"):
         import deepspeed
 
+        # At start-up DeepSpeed compiles a shared-memory all-reduce for CPU inference (g++, ~30 s per machine);
+        # training never calls it, and the cpu image ships no compiler
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         optimizer, schedule = adamw(model.parameters())
         ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(int(strategy[-1]), batch, cfg.max_grad_norm))
@@ -98,7 +111,7 @@ def engine(strategy: str, model, cfg, batch: int):
         def ds_step(loss):
             ds.backward(loss)
             ds.step()  # clips, steps the optimizer and the schedule
-        return ds, optimizer, ds_step
+        return ds, optimizer, schedule, ds_step
     if strategy == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model)
     elif strategy == "fsdp2":
@@ -115,7 +128,7 @@ def engine(strategy: str, model, cfg, batch: int):
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-    return model, optimizer, step
+    return model, optimizer, schedule, step
 
 
 def full_state_dict(strategy: str, module) -> dict:
@@ -148,6 +161,61 @@ def state_mb(module, optimizer) -> dict:
             "optimizer_state_mb": local_mb(local(t) for t in moments)}
 
 
+def checkpoints_of(params: Params, strategy: str, world: int, rank: int) -> Path:
+    """`.checkpoints/scale/<strategy>/<fingerprint>`: resumed only by a run of the same params, processes and data
+    (made by rank 0 first, which drops other fingerprints'). Several machines need it on storage they share."""
+    config = {"seed": params.seed, "tier": params.tier, "scale": params.scale.model_dump(), "world_size": world}
+    make = partial(checkpoint_dir, f"scale/{strategy}", config, [PREPARED / "sft_train.jsonl", BASE])
+    if rank == 0:
+        make()
+    if world > 1:
+        dist.barrier()
+    return make()
+
+
+def save_checkpoint(strategy: str, module, optimizer, schedule, folder: Path, progress: dict, rank: int) -> None:
+    """Every process writes its own share: DeepSpeed's engine its partitions, torch's distributed checkpoint (DCP)
+    the shards of FSDP2's DTensors (DDP's replicas once). progress.json, written last by rank 0 once every process
+    is done, marks the checkpoint whole; the one before it is then dropped."""
+    step = folder / f"step-{progress['step']}"
+    if strategy.startswith("zero"):
+        module.save_checkpoint(str(folder), tag=step.name)  # optimizer and schedule included
+    else:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        weights, moments = get_state_dict(module, optimizer)
+        dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=step)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        write_json(step / "progress.json", progress | {"schedule": schedule.state_dict()})
+        for older in folder.glob("step-*"):
+            if older != step:
+                shutil.rmtree(older)
+
+
+def resume(strategy: str, module, optimizer, schedule, folder: Path) -> dict:
+    """The newest whole checkpoint in `folder` loaded into the engine: {"step", "losses"} so far ({} if none)."""
+    whole = sorted((p for p in folder.glob("step-*") if (p / "progress.json").exists()),
+                   key=lambda p: int(p.name.removeprefix("step-")))
+    if not whole:
+        return {}
+    step, progress = whole[-1], json.loads((whole[-1] / "progress.json").read_text())
+    if strategy.startswith("zero"):
+        module.load_checkpoint(str(folder), tag=step.name)
+    else:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        weights, moments = get_state_dict(module, optimizer)
+        state = {"model": weights, "optimizer": moments}
+        dcp.load(state, checkpoint_id=step)
+        set_state_dict(module, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        schedule.load_state_dict(progress["schedule"])
+    return progress
+
+
 def train(params: Params, strategy: str, out: Path, reports: Path) -> None:
     cfg = params.scale
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -164,10 +232,17 @@ def train(params: Params, strategy: str, out: Path, reports: Path) -> None:
     tokenizer = load_tokenizer(require(BASE, "config.json", "pretrain"))
     rows = tokenized_chats(tokenizer, cfg.max_length)
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
-    module, optimizer, backward_and_step = engine(strategy, load_model(BASE, training=True).train(), cfg, batch)
+    module, optimizer, schedule, backward_and_step = engine(strategy, load_model(BASE, training=True).train(), cfg,
+                                                            batch)
+    checkpoints = checkpoints_of(params, strategy, world, rank)
+    done = resume(strategy, module, optimizer, schedule, checkpoints)
+    if rank == 0 and done:
+        print(f"scale {strategy}: resuming from step {done['step']} ({checkpoints})", flush=True)
 
-    losses, tokens, started = [], 0, time.perf_counter()
+    losses, tokens, started = done.get("losses", []), 0, time.perf_counter()
     for step, rows_of_step in enumerate(global_batches(len(rows), batch * world, cfg.max_steps, params.seed), 1):
+        if step <= done.get("step", 0):
+            continue  # the order is drawn again, the rows already trained on skipped
         local = collate([rows[i] for i in rows_of_step[rank * batch:(rank + 1) * batch]])
         targets = torch.tensor(float((local["labels"][:, 1:] != -100).sum()))  # the shifted labels the loss sees
         if world > 1:
@@ -182,6 +257,8 @@ def train(params: Params, strategy: str, out: Path, reports: Path) -> None:
         tokens += int(local["attention_mask"].sum())
         if rank == 0 and step % cfg.logging_steps == 0:
             print(f"scale {strategy}: step {step}/{cfg.max_steps}  loss {losses[-1]:.4f}", flush=True)
+        if step % cfg.save_steps == 0 and step < cfg.max_steps:
+            save_checkpoint(strategy, module, optimizer, schedule, checkpoints, {"step": step, "losses": losses}, rank)
     seconds = time.perf_counter() - started
 
     weights = full_state_dict(strategy, module.module if strategy in ("ddp", "zero2", "zero3") else module)
@@ -191,10 +268,16 @@ def train(params: Params, strategy: str, out: Path, reports: Path) -> None:
         card = run_card("scale", params, cfg) | {"strategy": strategy, "world_size": world}
         save_model(plain, tokenizer, out, card)
     report = {"rank": rank, "world_size": world, "node_rank": int(os.environ.get("GROUP_RANK", 0)),
-              "strategy": strategy, "losses": losses, "train_time_s": round(seconds, 1),
+              "strategy": strategy, "losses": losses, "resumed_from_step": done.get("step", 0),
+              "train_time_s": round(seconds, 1),
               "tokens_per_s": round(tokens / seconds, 1), "peak_rss_mb": process_peak_mb(),
               **state_mb(module.module if strategy != "fsdp2" and world > 1 else module, optimizer)}
     write_json(reports / f"rank{rank}.json", report)
+    if rank == 0:
+        finish_checkpoints(checkpoints)  # a finished run resumes nothing
+    # DDP's reducer and DeepSpeed's engine hold the process group: freed while every peer is still connected (freed
+    # after destroy_process_group, gloo's destructor waited forever on a peer that had gone)
+    del module, backward_and_step
     if world > 1:
         dist.barrier()  # the model is written before any launcher reports success
         dist.destroy_process_group()

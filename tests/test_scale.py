@@ -38,8 +38,9 @@ def test_every_strategy_trains_on_two_processes_along_the_one_process_curve(buil
     for name in STRATEGIES:
         row = rows[name]
         assert row["world_size"] == 2 and len(row["peak_rss_mb"]) == 2, (name, row)
-        # the same rows and summed token loss: the curves part by float rounding only (at most 2.2e-5 measured)
-        assert row["max_loss_gap"] < 1e-3, (name, row["max_loss_gap"])
+        # the same rows and summed token loss: over 40 steps the curves part by float rounding only (at most 4e-5
+        # measured; on the full tier the gap grew past 1e-3 after 55-70 steps, as training amplified it)
+        assert row["max_loss_gap"] < 1e-3 and row["agree_steps"] == len(single), (name, row["max_loss_gap"])
         gaps = [abs(a - b) for a, b in zip(loss_curve(built, name), single, strict=True)]
         assert row["max_loss_gap"] == round(max(gaps), 6)
         assert row["same_answers"] >= 90 and abs(row["exact_match"] - rows["ddp"]["exact_match"]) <= 5, (name, row)

@@ -7,7 +7,8 @@ process, on the same rows in the same order.
 
 Each strategy runs as `torchrun --nproc-per-node procs -m labs.scale.worker` (processes talk over gloo on CPU,
 NCCL on GPUs). Every process takes `batch_size` rows of each step's global batch; the one-process run takes all
-procs x batch_size. Same rows, same summed token loss, same optimizer: the loss curves agree to float rounding,
+procs x batch_size. Same rows, same summed token loss, same optimizer: the loss curves agree to float rounding
+(the same sums in another order) until training amplifies it (`agree_steps`, then the runs go their own ways),
 and the table shows what differs, which is where the model's state lives: per process, the parameter storage
 and the optimizer's moments it holds (ZeRO-2 shards the moments, FSDP2 and ZeRO-3 the parameters too) and its
 peak resident memory. Each run's model is saved whole on rank 0 as a plain transformers directory
@@ -35,6 +36,7 @@ from labs.core.train import held_out_answers, identical
 
 BASE, OUT = Path("models/pretrain"), Path("models/scale")
 STRATEGIES = ("single", "ddp", "fsdp2", "zero2", "zero3")  # single: the one-process run the others compare with
+LOSS_AGREEMENT = 1e-3  # a loss gap above this is more than the rounding of one step's sums
 
 
 class ScaleParams(Section):
@@ -101,12 +103,16 @@ def launch(params: Params, strategy: str, out: Path, reports: Path) -> list[dict
 
 
 def summarize(ranks: list[dict], baseline: list[float]) -> dict:
-    """One strategy's row: world size, the loss curve against the one-process run's, memory and speed per rank."""
+    """One strategy's row: world size, the loss curve against the one-process run's, memory and speed per rank.
+    The curves part by float rounding at first (the same sums in another order); training amplifies that, so
+    `agree_steps` counts the steps before they first part by more than LOSS_AGREEMENT."""
     losses = ranks[0]["losses"]
+    gaps = [abs(a - b) for a, b in zip(losses, baseline, strict=True)]
     return {
         "world_size": ranks[0]["world_size"],
         "final_loss": losses[-1],
-        "max_loss_gap": round(max(abs(a - b) for a, b in zip(losses, baseline, strict=True)), 6),
+        "max_loss_gap": round(max(gaps), 6),
+        "agree_steps": next((step for step, gap in enumerate(gaps) if gap > LOSS_AGREEMENT), len(gaps)),
         "tokens_per_s": round(sum(rank["tokens_per_s"] for rank in ranks), 1),
         "train_time_s": max(rank["train_time_s"] for rank in ranks),
         **{key: [rank[key] for rank in ranks] for key in ("peak_rss_mb", "parameters_mb", "optimizer_state_mb")},
@@ -131,11 +137,11 @@ def run(params: Params) -> dict:
 
     print(f"scale: {cfg.procs} processes x {cfg.batch_size} rows against 1 x {cfg.procs * cfg.batch_size}, "
           f"{cfg.max_steps} steps")
-    print(f"{'strategy':<8} {'procs':>5} {'loss gap':>9} {'EM':>6} {'same':>6} {'params MB':>10} {'moments MB':>11}"
-          f" {'peak RSS MB':>12} {'tok/s':>7}")
+    print(f"{'strategy':<8} {'procs':>5} {'agree':>5} {'loss gap':>9} {'EM':>6} {'same':>6} {'params MB':>10}"
+          f" {'moments MB':>11} {'peak RSS MB':>12} {'tok/s':>7}")
     for name, row in table.items():
-        print(f"{name:<8} {row['world_size']:>5} {row['max_loss_gap']:>9.2g} {row['exact_match']:>6} "
-              f"{row['same_answers']:>6} {max(row['parameters_mb']):>10} {max(row['optimizer_state_mb']):>11} "
-              f"{max(row['peak_rss_mb']):>12} {row['tokens_per_s']:>7}")
+        print(f"{name:<8} {row['world_size']:>5} {row['agree_steps']:>5} {row['max_loss_gap']:>9.2g} "
+              f"{row['exact_match']:>6} {row['same_answers']:>6} {max(row['parameters_mb']):>10} "
+              f"{max(row['optimizer_state_mb']):>11} {max(row['peak_rss_mb']):>12} {row['tokens_per_s']:>7}")
     return {"procs": cfg.procs, "batch_size_per_process": cfg.batch_size, "steps": cfg.max_steps,
             "strategies": table}

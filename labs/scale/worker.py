@@ -225,6 +225,8 @@ def train(params: Params, strategy: str, out: Path, reports: Path) -> None:
                           "with several processes")
     # DeepSpeed calls collectives torch has renamed: a warning per call, nothing for a user to do
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    # the one-process run saves its checkpoints through the same DCP call, which says it noticed
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
     if strategy != "single":
         dist.init_process_group("gloo")
     rank = dist.get_rank() if world > 1 else 0

@@ -5,15 +5,15 @@ process, on the same rows in the same order.
     dvc exp run -S scale.procs=4 -S 'scale.strategies=[ddp,zero3]'
     just scale-node 2 0 127.0.0.1:29500             # one of two nodes (a second shell: node rank 1)
 
-Each strategy runs as `torchrun --nproc-per-node procs -m labs.scale.worker` (processes talk over gloo on CPU,
-NCCL on GPUs). Every process takes `batch_size` rows of each step's global batch; the one-process run takes all
-procs x batch_size. Same rows, same summed token loss, same optimizer: the loss curves agree to float rounding
-(the same sums in another order) until training amplifies it (`agree_steps`, then the runs go their own ways),
-and the table shows what differs, which is where the model's state lives: per process, the parameter storage
-and the optimizer's moments it holds (ZeRO-2 shards the moments, FSDP2 and ZeRO-3 the parameters too) and its
-peak resident memory. Each run's model is saved whole on rank 0 as a plain transformers directory
-(models/scale/<strategy>) and evaluated here in one process: held-out exact-match and the share of answers
-identical to the one-process model's.
+Each strategy runs as `torchrun --nproc-per-node procs -m labs.scale.worker` (processes on CPU, talking over gloo;
+placing them on GPUs with NCCL is not wired yet). Every process takes `batch_size` rows of each step's global
+batch; the one-process run takes all procs x batch_size. Same rows, same summed token loss, same optimizer: the
+loss curves agree to float rounding (the same sums in another order) until training amplifies it (`agree_steps`,
+then the runs go their own ways), and the table shows what differs, which is where the model's state lives: per
+process, the parameter storage and the optimizer's moments it holds (ZeRO-2 shards the moments, FSDP2 and ZeRO-3
+the parameters too) and its peak resident memory. Each run's model is saved whole on rank 0 as a plain transformers
+directory (models/scale/<strategy>) and evaluated here in one process: held-out exact-match and the share of
+answers identical to the one-process model's.
 """
 
 from __future__ import annotations

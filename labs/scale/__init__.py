@@ -84,13 +84,13 @@ class Params(Section):
 
 def launch(params: Params, strategy: str, out: Path, reports: Path) -> list[dict]:
     """Train with `strategy` in its own processes; each rank's report (losses, memory, speed)."""
-    from labs.scale import worker
+    from labs.scale import worker  # here, not at the top: `python -m labs.scale.worker` imports this package first
 
     procs = 1 if strategy == "single" else params.scale.procs
-    run = [sys.executable, "-m", worker.__name__, "--strategy", strategy, "--out", str(out),
+    # torchrun: a rendezvous on a free local port, one process per rank
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"] if procs > 1 else []
+    run = [sys.executable, *launcher, "-m", worker.__name__, "--strategy", strategy, "--out", str(out),
            "--reports", str(reports), "--config", params.model_dump_json()]
-    if procs > 1:  # torchrun: rendezvous on a free local port, one process per rank
-        run[1:3] = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}", "-m", worker.__name__]
     threads = str(max(1, default_threads() // procs))  # the cores shared out, not oversubscribed
     env = os.environ | {"LAB_THREADS": threads, "OMP_NUM_THREADS": threads}
     try:

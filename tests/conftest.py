@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -168,7 +169,8 @@ def build_order(ws: Path) -> list[str]:
     """The stages after the spine: a stage more others wait on goes first (when two are ready, the one with the
     longer chain of work behind it), and among equals the longer one, so that no long stage is left running
     alone at the end while the other slot idles. A stage's length is its wall time in the committed
-    metrics/<lab>.json (the full curriculum's run: what is known before the tiny one has run)."""
+    metrics/<lab>.json (the full curriculum's run: what is known before the tiny one has run); a stage with none
+    yet counts as the longest, since starting a short one early costs nothing and ending on a long one does."""
     after = upstream_stages(ws)
 
     def downstream(stage: str) -> set[str]:
@@ -177,7 +179,7 @@ def build_order(ws: Path) -> list[str]:
 
     def seconds(stage: str) -> float:
         path = ROOT / "metrics" / f"{stage}.json"
-        return json.loads(path.read_text()).get("run", {}).get("wall_time_s", 0.0) if path.exists() else 0.0
+        return json.loads(path.read_text()).get("run", {}).get("wall_time_s", 0.0) if path.exists() else math.inf
 
     later = [name for name in LABS if name in after and name not in SPINE]
     return sorted(later, key=lambda name: (-len(downstream(name)), -seconds(name)))

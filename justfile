@@ -295,6 +295,29 @@ sweep LAB PARAM +VALUES: _env
 test *ARGS: _env llama-cpp llama-server vllm-env
     python -m pytest -n 2 --maxschedchunk 1 {{ARGS}}
 
+# On a GPU machine whose Python has torch, transformers, peft and accelerate (no .venv: `python3` is that Python),
+# with no network: the packages it lacks travel as wheels from `just gpu-wheels` and are installed beside it.
+# the GPU check, a few minutes on one CUDA GPU: metrics/gpu_check.json, which `just results` turns into a README column
+gpu-check *ARGS:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! python3 -c "import trl, datasets, bitsandbytes" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+        site=$(mktemp -d)
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" .whl/*.whl
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+    python3 -m labs.tools.gpu_check {{ARGS}}
+
+# the lock's trl, datasets (with dill, multiprocess) and bitsandbytes as wheels in .whl/ for a GPU image's Python
+gpu-wheels PYTHON="3.12": _env
+    #!/usr/bin/env bash
+    set -euo pipefail
+    pins=$(grep -oE '^(trl|datasets|dill|multiprocess|bitsandbytes)==[^ ]+' docker/locks/ci.txt)
+    platforms=$(printf -- '--platform manylinux_2_%s_x86_64 ' 17 24 27 28)
+    python -m pip download --quiet --no-deps --only-binary=:all: --python-version {{PYTHON}} --implementation cp \
+        $platforms -d .whl $pins
+    du -sh .whl
+
 # a benchmark: ratios measured side by side in one run (`just bench compression`)
 bench NAME: _env
     python -m labs.tools.bench {{NAME}}

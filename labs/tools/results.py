@@ -40,6 +40,7 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
     lines += alignment(metrics_dir)
     lines += compression(metrics_dir)
     lines += inference(metrics_dir)
+    lines += gpu(metrics_dir)
     return "\n".join(lines)
 
 
@@ -225,6 +226,38 @@ def alignment(metrics_dir: Path) -> list[str]:
                      f"reward (first → last tenth) {grpo['reward_first']} → {grpo['reward_last']}, KL to SFT "
                      f"{grpo['kl_to_sft']} ({took(grpo)}).")
     return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo`):", "", *lines] if lines else []
+
+
+def gpu(metrics_dir: Path) -> list[str]:
+    """The GPU column: `just gpu-check`'s numbers, shown only from a run on CUDA (a CPU try-out is no GPU number)."""
+    check = read_metrics("gpu_check", metrics_dir)
+    if not check or check["environment"]["device"] != "cuda":
+        return ["", "- GPU: no `just gpu-check` has run on CUDA yet. On a GPU machine it writes "
+                "`metrics/gpu_check.json` in a few minutes, and `just results` shows its column here."]
+    env = check["environment"]
+
+    def cell(row: dict, text) -> str:
+        return row.get("skipped") or row.get("error") or text(row)
+
+    rows = [[f"`{name.replace('_', '` ')}", cell(r, lambda r: f"loss {r['first_loss']} → {r['last_loss']} in "
+                                               f"{r['steps']} steps, {r['samples_per_s']} samples/s, "
+                                               f"peak {r['peak_mb']} MB")]
+            for name, r in check["train"].items()]
+    rows += [["sdpa flash vs math", cell(check["attention"], lambda r: f"{r['flash_speedup']}× ({r['tokens']} "
+                                         f"tokens, forward + backward; peak {r['flash_peak_mb']} vs "
+                                         f"{r['math_peak_mb']} MB)")],
+             ["KV cache", cell(check["kv_cache"], lambda r: f"{r['speedup']}× ({r['cached_tokens_per_s']} vs "
+                               f"{r['uncached_tokens_per_s']} tok/s, same tokens: {r['same_tokens']})")],
+             ["speculative decoding", cell(check["speculative"], lambda r: f"{r['speedup']}× with a "
+                                           f"{r['draft_layers']}-layer draft for {r['target_layers']} layers "
+                                           f"(same tokens: {r['same_tokens']})")],
+             ["continuous batching", cell(check["continuous_batching"], lambda r: f"{r['speedup']}× over one request "
+                                          f"at a time ({r['requests']} requests, {r['batched_tokens_per_s']} tok/s)")]]
+    setup = check["setup"]
+    return ["", f"GPU check (`just gpu-check`: {setup['target_parameters'] / 1e6:.1f}M-parameter models it builds and "
+            f"trains itself, {check['wall_s']} s in all; torch {env['versions']['torch']}, transformers "
+            f"{env['versions']['transformers']}):", "",
+            *markdown_table(["check", f"{env['gpu']} (CUDA {env['cuda']})"], rows)]
 
 
 def updated(readme: str, table: str) -> str:

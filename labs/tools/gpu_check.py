@@ -4,7 +4,7 @@
     just gpu-check         # on the GPU machine: metrics/gpu_check.json, then `just results` adds its column
 
 It stands alone on torch, transformers, peft, trl and bitsandbytes: a GPU image that has the first three and no
-network gets the others as wheels (`just gpu-wheels`, ~46 MB), and needs none of the project's own dependencies
+network gets the others as wheels (`just gpu-wheels`, 45 MB), and needs none of the project's own dependencies
 (pydantic, DVC). So it builds what it trains from scratch: a character tokenizer, two small Llama models (a
 target and a 2-layer draft) and rows of additions; nothing comes from a hub. Each check runs on its own and
 records either its numbers or the error it met, so one failure costs one row:

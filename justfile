@@ -297,7 +297,7 @@ test *ARGS: _env llama-cpp llama-server vllm-env
 
 # On a GPU machine whose Python has torch, transformers, peft and accelerate (no .venv: `python3` is that Python),
 # with no network: the packages it lacks travel as wheels from `just gpu-wheels` and are installed beside it.
-# the GPU check, a few minutes on one CUDA GPU: metrics/gpu_check.json, which `just results` turns into a README column
+# the GPU check on one CUDA GPU: metrics/gpu_check.json, which `just results` turns into a README column
 gpu-check *ARGS:
     #!/usr/bin/env bash
     set -euo pipefail

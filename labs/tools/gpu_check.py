@@ -1,4 +1,5 @@
-"""The GPU check: what only a GPU shows, in one run of a few minutes on one H100/H200, written to one JSON.
+"""The GPU check: what only a GPU shows, in one run on one H100/H200 (sized for the 8 minutes it may take; not yet
+timed on one), written to one JSON.
 
     just gpu-wheels        # on a machine with PyPI: .whl/ gets what a bare GPU image lacks (trl, datasets, bnb)
     just gpu-check         # on the GPU machine: metrics/gpu_check.json, then `just results` adds its column
@@ -41,8 +42,8 @@ METHODS = ("sft", "lora", "qlora", "dpo")
 PRECISIONS = ("fp16", "bf16")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
-# Sizes on a GPU: a 25M-parameter target is small enough that every check finishes in seconds and large enough
-# that its kernels, not Python, set the pace of a forward pass. On CPU (`--allow-cpu`) everything shrinks.
+# Sizes on a GPU: a 25.8M-parameter target, meant to keep each check to seconds while its kernels rather than
+# Python set the pace (not yet timed on a GPU). On CPU (`--allow-cpu`) everything shrinks.
 GPU_SIZES = dict(hidden=512, layers=8, heads=8, draft_layers=2, rows=4096, steps=30, warm_steps=300, batch=64,
                  seq=2048, attn_batch=8, new_tokens=128, prompts=64, rounds=3)
 CPU_SIZES = dict(hidden=64, layers=2, heads=2, draft_layers=1, rows=256, steps=3, warm_steps=20, batch=8,

@@ -233,7 +233,7 @@ def gpu(metrics_dir: Path) -> list[str]:
     check = read_metrics("gpu_check", metrics_dir)
     if not check or check["environment"]["device"] != "cuda":
         return ["", "- GPU: no `just gpu-check` has run on CUDA yet. On a GPU machine it writes "
-                "`metrics/gpu_check.json` in a few minutes, and `just results` shows its column here."]
+                "`metrics/gpu_check.json`, and `just results` shows its column here."]
     env = check["environment"]
 
     def cell(row: dict, text) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import platform
 import random
 import sys
@@ -36,6 +35,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from labs.core.run import peak_gpu_mb, reset_peak_memory, write_json  # stdlib only: no pydantic, no DVC
 
 OUT = Path("metrics/gpu_check.json")
 METHODS = ("sft", "lora", "qlora", "dpo")
@@ -96,10 +97,6 @@ def timed(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def peak_mb(device: str) -> float | None:
-    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None
-
-
 def train(method: str, precision: str, base: Path, tok, rows: list[dict], size: dict, device: str,
           work: Path) -> dict:
     """`size["steps"]` optimizer steps of one method in one precision, from the saved base model."""
@@ -109,8 +106,7 @@ def train(method: str, precision: str, base: Path, tok, rows: list[dict], size: 
 
     if precision == "fp16" and device != "cuda":
         return {"skipped": "fp16 mixed precision needs CUDA (the Trainer refuses it on CPU)"}
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory()
     dtype = torch.float32 if precision == "fp16" else DTYPES[precision]  # fp16: fp32 master weights, autocast
     load = {"dtype": dtype}
     if method == "qlora":
@@ -144,7 +140,7 @@ def train(method: str, precision: str, base: Path, tok, rows: list[dict], size: 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"steps": result.global_step, "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
             "seconds": round(seconds, 2), "samples_per_s": round(result.global_step * size["batch"] / seconds, 1),
-            "peak_mb": peak_mb(device),
+            "peak_mb": peak_gpu_mb(),
             "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
 
 
@@ -179,10 +175,10 @@ def attention(model, size: dict, device: str) -> dict:
     for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("math", SDPBackend.MATH)):
         with sdpa_kernel(backend):
             model(input_ids=ids, labels=ids).loss.backward()  # warm-up
-            torch.cuda.reset_peak_memory_stats()
+            reset_peak_memory()
             spent, _ = timed(lambda: [model(input_ids=ids, labels=ids).loss.backward()
                                       for _ in range(size["rounds"])], device)
-            seconds[name] = (spent / size["rounds"], peak_mb(device))
+            seconds[name] = (spent / size["rounds"], peak_gpu_mb())
         model.zero_grad(set_to_none=True)
     return {"tokens": size["attn_batch"] * size["seq"], "flash_s": round(seconds["flash"][0], 4),
             "math_s": round(seconds["math"][0], 4), "flash_speedup": round(seconds["math"][0] / seconds["flash"][0], 2),
@@ -312,10 +308,7 @@ def run(device: str, size: dict, out: Path) -> dict:
         guarded(results, "continuous_batching", lambda: continuous_batching(target, tok, rows, size, device))
         guarded(results, "attention", lambda: attention(llama(tok, size, size["layers"], seed=0), size, device))
     results["wall_s"] = round(time.perf_counter() - start, 1)
-    tmp_out = out.with_name(f".{out.name}.tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_json(out, results)
     return results
 
 

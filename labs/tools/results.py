@@ -13,6 +13,7 @@ from pathlib import Path
 from labs.core.evaluation import compression_table, peft_comparison, peft_table, results_table
 from labs.core.run import read_metrics
 from labs.registry import LABS
+from labs.tools.gpu_check import METHODS, PRECISIONS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -228,6 +229,9 @@ def alignment(metrics_dir: Path) -> list[str]:
     return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo`):", "", *lines] if lines else []
 
 
+TRAIN_ROWS = [f"{method}_{precision}" for method in METHODS for precision in PRECISIONS]  # the file sorts its keys
+
+
 def gpu(metrics_dir: Path) -> list[str]:
     """The GPU column: `just gpu-check`'s numbers, shown only from a run on CUDA (a CPU try-out is no GPU number)."""
     check = read_metrics("gpu_check", metrics_dir)
@@ -242,7 +246,7 @@ def gpu(metrics_dir: Path) -> list[str]:
     rows = [[f"`{name.replace('_', '` ')}", cell(r, lambda r: f"loss {r['first_loss']} → {r['last_loss']} in "
                                                f"{r['steps']} steps, {r['samples_per_s']} samples/s, "
                                                f"peak {r['peak_mb']} MB")]
-            for name, r in check["train"].items()]
+            for name, r in sorted(check["train"].items(), key=lambda item: TRAIN_ROWS.index(item[0]))]
     rows += [["sdpa flash vs math", cell(check["attention"], lambda r: f"{r['flash_speedup']}× ({r['tokens']} "
                                          f"tokens, forward + backward; peak {r['flash_peak_mb']} vs "
                                          f"{r['math_peak_mb']} MB)")],

@@ -35,6 +35,9 @@ TINY = {
     # lora and qlora: their effect is asserted like sft's. LoRA takes 6 epochs: at 4 its held-out EM swung from
     # 14 to 54 with the CPU's kernels (AVX-512 vs AVX2 on one Xeon), at 6 it gave 78 and 69; QLoRA gave 40 and 43
     # at 4. The other methods only need to show that they train.
+    # objectives: 30 steps each (every loss falls), one probe seed on fewer pairs
+    "objectives": {"tokens": 61440, "warmup_steps": 5,
+                   "probe": {"train_pairs": 300, "test_pairs": 100, "max_steps": 40, "seeds": [1337]}},
     # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
     "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
     "sft_variants": {"max_steps": 100, "seeds": []},

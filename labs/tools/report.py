@@ -206,7 +206,8 @@ def revision() -> str:
 
 
 # the training-dynamics labs, each with a table of its own in its module
-DYNAMICS = {"cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
+DYNAMICS = {"objectives": "Pretraining objectives at one token budget, one probe (`objectives`)",
+            "cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
             "sft_variants": "SFT variants: templates and KL to the base (`sft_variants`)",
             "cot": "Chain-of-thought supervision (`cot`)",
             "curriculum": "Curriculum: the order of the training rows (`curriculum`)",

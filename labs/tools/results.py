@@ -160,6 +160,11 @@ def compression(metrics_dir: Path) -> list[str]:
 
 # the training-dynamics labs, in the curriculum's order: what each table shows, from its metrics
 DYNAMICS = {
+    "objectives": lambda m: ("Pretraining objectives (`just lab objectives`): each from scratch on the same corpus "
+                             f"blocks for {m['tokens']:,} tokens, then the same probe: a two-class head fine-tuned "
+                             f"with the body on 1%, 10% or 100% of {m['train_pairs']} labelled compare pairs, "
+                             f"accuracy on {m['test_pairs']} held-out ones (the majority class is "
+                             f"{m['majority_pct']}%); `scratch` is the causal model never pretrained:"),
     "cpt": lambda m: ("Continued pretraining on a domain the base never saw (`just lab cpt`): perplexity on held-out "
                       "domain prose and on the main world's prose, then the validation loss and held-out exact-match "
                       f"of the same {m['fine_tuning_steps']}-step fine-tuning on domain chats from each model; "

@@ -71,7 +71,11 @@ def test_report_numbers_are_the_metrics(report, built):
     # self-contained: every chart is embedded, nothing is fetched
     charts = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,', page)
     assert set(charts) >= {"loss_curves", "reward_curves", "exact_match", "compression", "peft", "decoding",
-                           "serving", "cpt", "curriculum"}
+                           "serving", "cpt", "curriculum", "objectives"}
+    objectives = json.loads((built / "metrics" / "objectives.json").read_text())["accuracy"]
+    rows = table_rows(page, "Pretraining objectives at one token budget, one probe (`objectives`)")
+    assert [rows[name][-1] for name in objectives] == [f"{a['1.0']['mean']:.1f} ± {a['1.0']['sd']:.1f}"
+                                                       for a in objectives.values()]
     cpt = json.loads((built / "metrics" / "cpt.json").read_text())["variants"]
     rows = table_rows(page, "Continued pretraining on a new domain, with replay (`cpt`)")
     assert [rows[r["model"]][0] for r in cpt] == [str(r["domain_perplexity"]) for r in cpt]

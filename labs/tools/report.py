@@ -177,6 +177,17 @@ def charts(out: Path, metrics: dict) -> list[Path]:
         made.append(scatter_chart(out, "decoding", "Decoding: diversity against exact-match",
                                   {s["name"]: (s["answer_diversity"], s["exact_match"]["overall"])
                                    for s in metrics["decode"]["strategies"]}, "answer diversity %", "EM %"))
+    if objectives := metrics.get("objectives"):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        shares = [str(share) for share in objectives["label_shares"]]
+        for name, accuracy in objectives["accuracy"].items():
+            ax.errorbar([100 * float(share) for share in shares], [accuracy[share]["mean"] for share in shares],
+                        yerr=[accuracy[share]["sd"] for share in shares], marker="o", capsize=3, label=name,
+                        linestyle="--" if name.startswith("scratch") else "-")
+        ax.set(title="Pretraining objectives: probe accuracy by labels used", xlabel="labels used %",
+               ylabel="accuracy %", xscale="log")
+        ax.legend(fontsize=7)
+        made.append(save(fig, out / "objectives.png"))
     if cpt := metrics.get("cpt"):
         points = {r["model"]: (r["domain_perplexity"], r["corpus_perplexity"]) for r in cpt["variants"]}
         made.append(scatter_chart(out, "cpt", "Continued pretraining: adaptation against forgetting", points,

@@ -81,8 +81,11 @@ class ProbeLR(Section):
     objectives (at one rate for all, some fine-tunes of one family or another stayed at chance)."""
 
     llama: float = Field(5e-4, gt=0)
+    """for clm, prefix and the untrained Llama"""
     modernbert: float = Field(1e-3, gt=0)
+    """for mlm, electra and the untrained ModernBERT"""
     t5: float = Field(3e-4, gt=0)
+    """for span and the untrained T5"""
 
 
 class ProbeParams(Section):
@@ -97,6 +100,7 @@ class ProbeParams(Section):
     max_steps: int = Field(150, gt=0)
     """optimizer steps of every fine-tune, whatever the share (a small share is seen many times)"""
     batch_size: int = Field(16, gt=0)
+    """labelled pairs per fine-tuning step"""
     lr: ProbeLR = ProbeLR()
     """peak learning rate per model family (docs/decisions.md)"""
     seeds: list[int] = Field([1337, 1, 2], min_length=1)
@@ -115,15 +119,17 @@ class ObjectivesParams(Section):
     max_length: int = Field(128, gt=0)
     """packed block length"""
     batch_size: int = Field(16, gt=0)
+    """blocks per pretraining step"""
     lr: float = Field(1e-3, gt=0)
+    """peak learning rate of every objective's pretraining (cosine decay)"""
     warmup_steps: int = Field(20, ge=0)
+    """linear warmup steps of every objective's pretraining"""
     mask_probability: float = Field(0.15, gt=0, lt=1)
     """share of tokens masked LM, span corruption and ELECTRA's generator hide and predict (BERT's and T5's 15%)"""
     mean_span: float = Field(3.0, ge=1)
     """span corruption's mean span length (T5's 3)"""
     generator_layers: int = Field(1, gt=0)
-    """ELECTRA's generator depth: a quarter of the discriminator's, as the paper's generator is a quarter of its
-    width (depth here, so the two can share token embeddings of one width)"""
+    """ELECTRA's generator depth: a quarter of the discriminator's, as in the paper (by depth, to share one width)"""
     discriminator_weight: float = Field(50.0, gt=0)
     """ELECTRA's weight of the discriminator loss against the generator's (the paper: 50)"""
     probe: ProbeParams = ProbeParams()

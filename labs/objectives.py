@@ -142,16 +142,6 @@ class Params(Section):
     objectives: ObjectivesParams = ObjectivesParams()
 
 
-def bert_config(shape: ModelShape, tokenizer, scale: float = 1.0, **extra) -> dict:
-    """The Llama shape as a BERT-style encoder's config (ELECTRA's too); `scale` narrows it (the generator)."""
-    heads = max(1, round(shape.num_heads * scale))
-    return dict(vocab_size=len(tokenizer), hidden_size=heads * (shape.hidden_size // shape.num_heads),
-                num_hidden_layers=shape.num_layers, num_attention_heads=heads,
-                intermediate_size=max(1, round(shape.intermediate_size * scale)),
-                max_position_embeddings=shape.max_position_embeddings, type_vocab_size=1,
-                pad_token_id=tokenizer.pad_token_id, **extra)
-
-
 def encoder_config(shape: ModelShape, tokenizer, layers: int | None = None, **extra) -> ModernBertConfig:
     """The Llama shape as a ModernBERT encoder: pre-norm, rotary positions, a gated MLP and no dropout, like the
     causal model, so the objective is what differs; `layers` shortens it (ELECTRA's generator)."""
@@ -189,7 +179,7 @@ class Electra(nn.Module):
     """ELECTRA's generator and discriminator trained together (no library trains the pair). The batch comes from
     the masked-LM collator with every chosen token masked; the generator's loss is its masked-LM loss, and its
     samples, detached, replace the masked tokens the discriminator then judges token by token. Both are the same
-    ModernBERT body as `mlm` (the generator narrower) and share the token embeddings, as in the paper."""
+    ModernBERT body as `mlm` (the generator shallower) and share the token embeddings, as in the paper."""
 
     def __init__(self, shape: ModelShape, tokenizer, generator_layers: int, weight: float):
         super().__init__()
@@ -300,6 +290,7 @@ def blocks(tokenizer, length: int) -> list[list[int]]:
 
 
 def args(out: Path, seed: int, steps: int, batch: int, lr: float, warmup: int, logging: int) -> TrainingArguments:
+    """The Trainer's arguments for pretraining and probe alike: seeded and deterministic, nothing saved or reported."""
     return TrainingArguments(output_dir=str(out), seed=seed, data_seed=seed, full_determinism=True, use_cpu=True,
                              max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
                              warmup_steps=warmup, lr_scheduler_type="cosine", weight_decay=0.01,
@@ -315,8 +306,8 @@ def untrained(family: Family, shape: ModelShape, tokenizer):
 
 
 def pretrain(objective: str, cfg: ObjectivesParams, tokenizer, rows: list[list[int]], seed: int, scratch: Path):
-    """One objective's model, trained on the first `steps` batches of `rows`; its body, its loss history and
-    seconds."""
+    """One objective's model, trained on the first `steps` batches of `rows`: its body, its loss history, seconds,
+    steps, and for ELECTRA the last tenth's losses and shares replaced."""
     seed_everything(seed)
     steps = cfg.tokens // (cfg.batch_size * cfg.max_length)
     data = Dataset.from_dict({"input_ids": rows})

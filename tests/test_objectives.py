@@ -9,7 +9,6 @@ import torch
 
 from labs.core.config import ModelShape
 from labs.objectives import (
-    MASK,
     SENTINELS,
     Electra,
     PrefixLMCollator,
@@ -25,7 +24,6 @@ class Vocab:
     """The few tokenizer attributes the collators and models read: ids 0-1 special, 2-99 text, then the rest."""
 
     pad_token_id, eos_token_id, mask_token_id = 0, 1, 100
-    mask_token = MASK
 
     def __len__(self):
         return 101 + len(SENTINELS)

@@ -22,6 +22,7 @@ LABS = {
     "tokenizer": "train a byte-level BPE tokenizer with a chat template",
     "pretrain": "pretrain a tiny Llama from scratch on the corpus (GPU tiers: start from a hub model)",
     "objectives": "five pretraining objectives at one token budget, then one probe with 1/10/100% of the labels",
+    "embeddings": "contrastive sentence embeddings (SimCSE, supervised pairs) on our bodies: retrieval recall and MRR",
     "cpt": "continued pretraining on a domain the base never saw: adaptation against forgetting, with replay",
     "sft": "supervised fine-tuning with TRL SFTTrainer, loss on completions only",
     "sft_variants": "sft's variants side by side: randomized templates and KL to the base against plain SFT",

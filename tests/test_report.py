@@ -76,6 +76,10 @@ def test_report_numbers_are_the_metrics(report, built):
     rows = table_rows(page, "Pretraining objectives at one token budget, one probe (`objectives`)")
     assert [rows[name][-1] for name in objectives] == [f"{a['1.0']['mean']:.1f} ± {a['1.0']['sd']:.1f}"
                                                        for a in objectives.values()]
+    embeddings = json.loads((built / "metrics" / "embeddings.json").read_text())["rows"]
+    rows = table_rows(page, "Contrastive embeddings: retrieval recall and MRR (`embeddings`)")
+    assert {name: rows[name][3] for name in embeddings} == {
+        name: f"{row['recall@1']['mean']:.1f} ± {row['recall@1']['sd']:.1f}" for name, row in embeddings.items()}
     cpt = json.loads((built / "metrics" / "cpt.json").read_text())["variants"]
     rows = table_rows(page, "Continued pretraining on a new domain, with replay (`cpt`)")
     assert [rows[r["model"]][0] for r in cpt] == [str(r["domain_perplexity"]) for r in cpt]

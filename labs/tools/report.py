@@ -218,6 +218,7 @@ def revision() -> str:
 
 # the training-dynamics labs, each with a table of its own in its module
 DYNAMICS = {"objectives": "Pretraining objectives at one token budget, one probe (`objectives`)",
+            "embeddings": "Contrastive embeddings: retrieval recall and MRR (`embeddings`)",
             "cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
             "sft_variants": "SFT variants: templates and KL to the base (`sft_variants`)",
             "cot": "Chain-of-thought supervision (`cot`)",

@@ -38,9 +38,10 @@ TINY = {
     # objectives: 30 steps each (every loss falls), one probe seed on fewer pairs
     "objectives": {"tokens": 61440, "warmup_steps": 5,
                    "probe": {"train_pairs": 300, "test_pairs": 100, "max_steps": 40, "seeds": [1337]}},
-    # embeddings: one seed of short contrastive runs on fewer towns (the direction asserted in test_embeddings.py)
+    # embeddings: one seed of short runs on fewer towns; the encoder's beats mean pooling (test_embeddings.py), the
+    # causal body's is not asserted (at 60 steps its recall stayed where it started)
     "embeddings": {"train_towns": 200, "test_towns": 50, "seeds": [1337], "encoder_simcse": {"steps": 20},
-                   "encoder_supervised": {"steps": 60}, "causal_supervised": {"steps": 60}},
+                   "encoder_supervised": {"steps": 60}, "causal_supervised": {"steps": 20}},
     # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
     "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
     "sft_variants": {"max_steps": 100, "seeds": []},

@@ -183,13 +183,15 @@ def run(params: Params) -> dict:
 
 
 def table(metrics: dict) -> tuple[list[str], list[list]]:
-    """metrics/embeddings.json as a table: one row per model, each metric as mean ± sd over the seeds."""
+    """metrics/embeddings.json as a table: one row per model, each metric as mean ± sd over the seeds of its
+    contrastive runs; an untrained row, scored once, has no spread."""
     header = ["model", "parameters", "dimension", "training s per seed",
-              *(f"{metric} % ({len(metrics['seeds'])} seeds)" for metric in METRICS)]
+              *(f"{metric} % (± sd over {len(metrics['seeds'])} seeds)" for metric in METRICS)]
     rows = []
     for name in [name for name in ROWS if name in metrics["rows"]]:  # the metrics file sorts its keys
         row = metrics["rows"][name]
-        seconds = round(sum(row["train_s"]) / len(row["train_s"]), 1) if row["train_s"] else "–"
+        trained = bool(row["train_s"])
+        seconds = round(sum(row["train_s"]) / len(row["train_s"]), 1) if trained else "–"
         rows.append([name, f"{row['parameters']:,}", row["dimension"], seconds,
-                     *(f"{row[m]['mean']:.1f} ± {row[m]['sd']:.1f}" for m in METRICS)])
+                     *(f"{row[m]['mean']:.1f}" + (f" ± {row[m]['sd']:.1f}" if trained else "") for m in METRICS)])
     return header, rows

@@ -194,12 +194,19 @@ lab NAME: _env _data
         fi
     fi
 
-# serve a model on 127.0.0.1:8000 with the OpenAI API until Ctrl-C: `just serve vllm` (transformers | vllm | llama-server)
+# serve a model on 127.0.0.1:8000 with the OpenAI API until Ctrl-C: `just serve vllm` (transformers | vllm | llama-server);
+# `just serve transformers models/rag`: retrieval on (the documents read are in each answer's x-rag-documents header)
 serve ENGINE="transformers" MODEL="models/sft" PORT="8000": _env
     #!/usr/bin/env bash
     set -euo pipefail
     case "{{ENGINE}}" in vllm) just vllm-env ;; llama-server) just llama-server ;; esac
+    [ -f "{{MODEL}}/index.faiss" ] && exec python -m labs.serve.rag {{ENGINE}} {{MODEL}} --port {{PORT}}
     exec python -m labs.serve {{ENGINE}} {{MODEL}} --port {{PORT}}
+
+# one question answered from the document store by models/rag, with the documents it read: `just ask "When was Tamvel founded?"`
+[positional-arguments]
+ask QUESTION K="3": _env
+    python -m labs.rag "$1" -k "$2"
 
 # Every node runs this with the same NODES and ADDRESS (node 0's host and a free port) and its own RANK; the
 # model lands on node 0 in runs/scale-node/STRATEGY, each process's report beside it (`scale` runs one node).

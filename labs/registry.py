@@ -30,6 +30,7 @@ LABS = {
     "curriculum": "easy-to-hard, random and hard-to-easy orderings of the same rows: exact-match curves",
     "mixing": "one model on a mixture of the task families against a specialist per family, at equal compute",
     "continual": "the families learned one after another: forgetting, and replay and one adapter per task against it",
+    "rag": "retrieval-augmented answers: embeddings + FAISS over the document store, the SFT model fine-tuned to read",
     "lora": "the sft task through a PEFT adapter: LoRA, or DoRA / prefix / prompt / (IA)^3 by one param",
     "qlora": "LoRA on a 4-bit NF4 base quantized by bitsandbytes",
     "peft_methods": "every PEFT method against full SFT: one table of cost and quality",

@@ -42,6 +42,10 @@ TINY = {
     # causal body's is not asserted (at 60 steps its recall stayed where it started)
     "embeddings": {"train_towns": 200, "test_towns": 50, "seeds": [1337], "encoder_simcse": {"steps": 20},
                    "encoder_supervised": {"steps": 60}, "causal_supervised": {"steps": 20}},
+    # rag: a small store and a short reading fine-tune (what the tests assert of it holds after a few steps: the
+    # 4-layer tiny model needs hundreds of steps before it copies a fact; the full run measures that)
+    "rag": {"train_towns": 100, "test_questions": 1, "top_k": [1, 3], "latency_queries": 4,
+            "reader": {"max_steps": 30}},
     # continued pretraining: two replay shares, short runs (the directions asserted in test_dynamics.py)
     "cpt": {"replay": [0.0, 0.3], "max_steps": 60, "seeds": [], "sft": {"max_steps": 60}},
     "sft_variants": {"max_steps": 100, "seeds": []},

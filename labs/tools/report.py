@@ -224,7 +224,8 @@ DYNAMICS = {"objectives": "Pretraining objectives at one token budget, one probe
             "cot": "Chain-of-thought supervision (`cot`)",
             "curriculum": "Curriculum: the order of the training rows (`curriculum`)",
             "mixing": "Task mixing against specialists (`mixing`)",
-            "continual": "Continual learning: forgetting, replay, adapters (`continual`)"}
+            "continual": "Continual learning: forgetting, replay, adapters (`continual`)",
+            "rag": "Retrieval-augmented answers: closed book, top-k, gold (`rag`)"}
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}

@@ -190,6 +190,12 @@ DYNAMICS = {
     "continual": lambda m: (f"Continual learning (`just lab continual`): the families in the order "
                             f"{', '.join(m['order'])}, {m['steps_per_task']} steps each; exact-match of each family "
                             "right after its own stage and at the end:"),
+    "rag": lambda m: ("Retrieval-augmented answers (`just lab rag`): the `embeddings` encoder_supervised model and a "
+                      f"FAISS index over all {m['documents']} documents of the store, {m['queries']} questions about "
+                      "held-out towns; the reader is the SFT model fine-tuned on "
+                      f"{m['practice_questions']} questions of practice towns with their documents in the prompt. "
+                      "Each row's prompt holds as many of its documents as fit the context; latencies one question "
+                      "at a time:"),
 }
 
 

@@ -289,9 +289,11 @@ def median_ms(step, items: list) -> float:
 def table(metrics: dict) -> tuple[list[str], list[list]]:
     """metrics/rag.json as a table: one row per prompt, the reader's and the SFT model's exact-match on it."""
     header = ["prompt", "documents in it", "holds the gold document %", "exact-match reader %",
-              "exact-match sft (not trained to read) %", "prompt tokens", "retrieve ms", "answer ms"]
+              "exact-match sft (not trained to read) %", "answer nats reader", "answer nats sft", "prompt tokens",
+              "retrieve ms", "answer ms"]
     rows = [[name, row["documents_shown"], row["gold_shown"], row["exact_match_reader"], row["exact_match_sft"],
-             row["prompt_tokens"], "–" if row["retrieve_ms"] is None else row["retrieve_ms"], row["answer_ms"]]
+             row["answer_nats_reader"], row["answer_nats_sft"], row["prompt_tokens"],
+             "–" if row["retrieve_ms"] is None else row["retrieve_ms"], row["answer_ms"]]
             for name, row in metrics["rows"].items()]
     order = ["closed book", *sorted((n for n in metrics["rows"] if n.startswith("top ")), key=lambda n: int(n[4:])),
              "gold document"]

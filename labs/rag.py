@@ -54,7 +54,7 @@ INDEX, DOCUMENTS, RETRIEVER, READER = "index.faiss", "documents.jsonl", "retriev
 class ReaderParams(TrainParams):
     """Fine-tuning the SFT model to answer from the documents in its prompt."""
 
-    max_length: int = Field(512, gt=0)  # five documents of at most 92 tokens, the question and the template
+    max_length: int = Field(512, gt=0)  # five documents of at most 92 tokens, the question twice and the template
     batch_size: int = Field(16, gt=0)
     epochs: float = Field(1, gt=0)
     lr: float = Field(3e-3, gt=0)

@@ -124,6 +124,7 @@ class Retrieval:
                 raise DataError(f"{folder / DOCUMENTS}:{lineno}: expected {{\"id\", \"text\"}}") from None
         if not self.documents:
             raise DataError(f"{folder / DOCUMENTS}: the document store is empty")
+        self.row_of = {name: row for row, (name, _) in enumerate(self.documents)}  # document id -> index row
         try:
             self.index = faiss.read_index(str(folder / INDEX))
         except RuntimeError as exc:
@@ -193,21 +194,16 @@ def reading_practice(retrieval: Retrieval, asked: list[dict], passages: int, see
     nearest others (the confusable ones a real top-k holds), as many as fit in `budget` tokens, in random order;
     the completion is the answer."""
     rng = random.Random(f"{seed}:rag:practice")
-    position = {name: row for row, (name, _) in enumerate(retrieval.documents)}
     nearest = retrieval.search([q["question"] for q in asked], passages + 1)
     rows = []
     for question, found in zip(asked, nearest, strict=True):
-        gold = position[question["town"]]
+        gold = retrieval.row_of[question["town"]]
         others = [row for row in found if row != gold][:rng.randint(1, passages) - 1]
         shown = retrieval.fitting(question["question"], [gold, *others], tokenizer, budget)
         rng.shuffle(shown)
         rows.append({"prompt": prompt(question["question"], [retrieval.documents[r][1] for r in shown]),
                      "completion": f"Answer: {question['answer']}"})
     return rows
-
-
-def answer(model, tokenizer, prompts: list[str], cfg: RagParams, batch_size: int) -> list[str]:
-    return generate(model, tokenizer, prompts, cfg.max_new_tokens, batch_size)[0]
 
 
 def run(params: Params) -> dict:
@@ -243,8 +239,7 @@ def run(params: Params) -> dict:
         write_card(out, card | {"index": "faiss.IndexFlatIP, normalized vectors", "documents": len(documents)})
 
         ranked = retrieval.search([q["question"] for q in queries], max(cfg.top_k))
-        position = {name: row for row, (name, _) in enumerate(retrieval.documents)}
-        gold = [position[q["town"]] for q in queries]
+        gold = [retrieval.row_of[q["town"]] for q in queries]
         conditions = {"closed book": [[] for _ in queries],
                       **{f"top {k}": [found[:k] for found in ranked] for k in cfg.top_k},
                       "gold document": [[row] for row in gold]}
@@ -264,7 +259,7 @@ def run(params: Params) -> dict:
                 [("reader", reader)]
             row |= {"exact_match_sft": None, "answer_nats_sft": None}
             for label, model_ in measured:
-                completions = answer(model_, tokenizer, prompts, cfg, params.evaluate.batch_size)
+                completions, _ = generate(model_, tokenizer, prompts, cfg.max_new_tokens, params.evaluate.batch_size)
                 row[f"exact_match_{label}"] = percent([is_correct(c, q["answer"])
                                                        for c, q in zip(completions, queries, strict=True)])
                 # what the right answer costs the model, in nats: it falls as reading works, before EM moves
@@ -273,7 +268,8 @@ def run(params: Params) -> dict:
             timed = queries[:cfg.latency_queries]
             k = int(name.split()[-1]) if name.startswith("top ") else 0
             row["retrieve_ms"] = median_ms(lambda q, k=k: retrieval.search([q["question"]], k), timed) if k else None
-            row["answer_ms"] = median_ms(lambda p: answer(reader, tokenizer, [p], cfg, 1), prompts[:len(timed)])
+            row["answer_ms"] = median_ms(lambda p: generate(reader, tokenizer, [p], cfg.max_new_tokens, 1),
+                                         prompts[:len(timed)])
             rows[name] = row
             sft_em = "" if row["exact_match_sft"] is None else f" (sft {row['exact_match_sft']})"
             print(f"rag {name}: exact-match {row['exact_match_reader']}{sft_em}, gold document shown "

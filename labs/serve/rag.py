@@ -14,10 +14,9 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 from labs.core.data import DataError
@@ -25,10 +24,13 @@ from labs.core.data import DataError
 DEFAULT_ANSWER_TOKENS = 16  # a request without max_tokens: room for the task world's longest answer
 
 
-def error(message: str, status: int):
+def refused(message: str, status: int):
+    """An OpenAI-style error response, the body the guard sends (labs/serve/guard.py)."""
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+    from labs.serve.guard import error
+
+    return JSONResponse(error(message), status_code=status)
 
 
 def front(retrieval, tokenizer, engine: str, context: int, k: int):
@@ -46,18 +48,18 @@ def front(retrieval, tokenizer, engine: str, context: int, k: int):
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return error("the body is not JSON", 400)
+            return refused("the body is not JSON", 400)
         messages = body.get("messages") if isinstance(body, dict) else None
         last = messages[-1] if isinstance(messages, list) and messages else None
         if not isinstance(last, dict) or last.get("role") != "user" or not isinstance(last.get("content"), str):
-            return error('"messages" must end with a user message whose content is a string', 400)
+            return refused('"messages" must end with a user message whose content is a string', 400)
         answer_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_ANSWER_TOKENS
         if not isinstance(answer_tokens, int) or answer_tokens < 1:
-            return error('"max_tokens" must be a positive integer', 400)
+            return refused('"max_tokens" must be a positive integer', 400)
         try:
             text, found = await run_in_threadpool(retrieval.ask, last["content"], k, tokenizer, context, answer_tokens)
         except DataError as exc:
-            return error(str(exc), 400)
+            return refused(str(exc), 400)
         body["messages"] = [*messages[:-1], {**last, "content": text}]
         upstream = await client.send(client.build_request("POST", "/v1/chat/completions", json=body), stream=True)
         headers = {"content-type": upstream.headers.get("content-type", "application/json"),
@@ -79,28 +81,6 @@ def front(retrieval, tokenizer, engine: str, context: int, k: int):
                              Route("/v1/models", relayed)], lifespan=lifespan, max_body_size=1 << 20)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, engine: subprocess.Popen, timeout_s: float) -> None:
-    import httpx2 as httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if engine.poll() is not None:
-            raise DataError(f"the engine exited with code {engine.returncode} before it answered")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise DataError(f"the engine did not answer {url}/health within {timeout_s:.0f} s")
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m labs.serve.rag ENGINE RAG_DIR [--port P] [-k K]`: retrieval in front of one engine until Ctrl-C."""
     import uvicorn
@@ -109,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     from labs.core.models import load_tokenizer, require
     from labs.rag import READER, Retrieval
     from labs.serve import Params
-    from labs.serve.engines import die_with_parent
+    from labs.serve.engines import ENGINES, EngineError, die_with_parent, wait_ready
+    from labs.serve.lab import free_port
 
     parser = argparse.ArgumentParser(prog="python -m labs.serve.rag", description=main.__doc__)
-    parser.add_argument("engine", choices=["transformers", "vllm", "llama-server"])
+    parser.add_argument("engine", choices=ENGINES)
     parser.add_argument("rag_dir", type=Path, help="what `just lab rag` built: models/rag")
     parser.add_argument("--host", default=None, help="address to bind (default: serve.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
@@ -127,26 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    port = free_port()
-    # the engine stops with this process, however it ends (engines.py's guard does the same for its engine)
-    engine = subprocess.Popen([sys.executable, "-m", "labs.serve", args.engine, str(reader), "--name", "rag",
-                               "--port", str(port), "--threads", str(args.threads)],
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
-    try:
-        wait_for(f"http://127.0.0.1:{port}", engine, cfg.startup_timeout_s)
-        app = front(retrieval, tokenizer, f"http://127.0.0.1:{port}", cfg.context, args.k)
-        print(f"serve: {args.engine} with retrieval (top {args.k} of {len(retrieval.documents)} documents) on "
-              f"http://{args.host or cfg.host}:{args.port}/v1, model \"rag\"", file=sys.stderr)
-        uvicorn.run(app, host=args.host or cfg.host, port=args.port, log_level="warning")
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        engine.terminate()
+    port = free_port("127.0.0.1")
+    with tempfile.TemporaryDirectory() as workdir:
+        log = Path(workdir) / "engine.log"
+        # the engine stops with this process, however it ends (engines.py's guard does the same for its engine)
+        with log.open("w") as out:
+            engine = subprocess.Popen([sys.executable, "-m", "labs.serve", args.engine, str(reader), "--name", "rag",
+                                       "--port", str(port), "--threads", str(args.threads)], stdout=out,
+                                      stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                      preexec_fn=die_with_parent)
         try:
-            engine.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            engine.kill()
+            wait_ready(args.engine, engine, f"http://127.0.0.1:{port}", log, cfg.startup_timeout_s)
+            app = front(retrieval, tokenizer, f"http://127.0.0.1:{port}", cfg.context, args.k)
+            print(f"serve: {args.engine} with retrieval (top {args.k} of {len(retrieval.documents)} documents) on "
+                  f"http://{args.host or cfg.host}:{args.port}/v1, model \"rag\"", file=sys.stderr)
+            uvicorn.run(app, host=args.host or cfg.host, port=args.port, log_level="warning")
+        except EngineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            engine.terminate()
+            try:
+                engine.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                engine.kill()
     return 0
 
 

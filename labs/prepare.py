@@ -6,7 +6,8 @@ Every row of every raw file is checked (a bad row stops with `FILE:LINE: what wa
 training file is split into train / val by a hash of its row, so the split is stable when rows are
 added or reordered; the held-out `*_test` files pass through unchanged. The new domain's files
 (`domain_*`, for `cpt`) and the long additions (`arith*`, for `cot` and `curriculum`) are prepared the same
-way when data/raw has them.
+way when data/raw has them, and so is the safety boundary (`safety*`: chats sft trains on, pairs for the
+alignment labs, and the held-out probe with its jailbreak file, which passes through like a test file).
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ RAW, PREPARED = Path("data/raw"), Path("data/prepared")
 FILES = {"corpus": ("text", False), "sft": ("sft", True), "preference": ("preference", True),
          "rl": ("rl", True)}
 # prepared when data/raw has them, as the task world does: the new domain continued pretraining adapts to (`cpt`),
-# and long additions with worked steps (`cot`, `curriculum`)
-OPTIONAL = {"domain_corpus": ("text", False), "domain_sft": ("sft", True), "arith": ("rl", True)}
+# long additions with worked steps (`cot`, `curriculum`), and the safety boundary (sft's refusals, evaluate's probe)
+OPTIONAL = {"domain_corpus": ("text", False), "domain_sft": ("sft", True), "arith": ("rl", True),
+            "safety": ("sft", True), "safety_preference": ("preference", False)}
+# held-out files with no training file of their own: copied as they are when data/raw has them
+HELD_OUT = {"safety_jailbreak_test": "sft"}
 
 
 def is_validation(row: dict, fraction: float) -> bool:
@@ -61,5 +65,8 @@ def run(params: Params) -> dict:
             if has_test:
                 test = read_jsonl(RAW / f"{name}_test.jsonl", kind)
                 counts[f"{name}_test"] = write_jsonl(tmp / f"{name}_test.jsonl", test)
+        for name, kind in HELD_OUT.items():
+            if (RAW / f"{name}.jsonl").exists():
+                counts[name] = write_jsonl(tmp / f"{name}.jsonl", read_jsonl(RAW / f"{name}.jsonl", kind))
     print("prepare: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return {"rows": counts}

@@ -40,6 +40,7 @@ LABS = {
     "dpo": "preference optimisation of the SFT model: DPO, or IPO / KTO / ORPO / SimPO by one param",
     "ppo": "RLHF with PPO: policy, value model, frozen reward model and reference, KL penalty",
     "grpo": "GRPO with a verifiable reward: exact match of the answer plus a format reward",
+    "multiobjective": "helpfulness and harmlessness reward models, DPO on their weighted sum per w: the Pareto table",
     "distill": "knowledge distillation of the SFT model into a 14x smaller student, against hard labels only",
     "prune": "magnitude pruning at several sparsities, each with a short recovery fine-tune",
     "quantize": "int8 / NF4 / torch.ao / torchao quantization and QAT: the compression table",

@@ -5,8 +5,10 @@
     dvc exp run -S sft.kl_beta=0.1                                   # KL-regularized SFT
     dvc exp run -S 'sft.templates=["{prompt}", "Question: {prompt}"]'  # randomized templates
 
-Each task-world pair becomes a one-turn chat (user: prompt, assistant: completion). The prompt's
-tokens get label -100, so the model learns to answer and to end its turn with the EOS token, not to
+Each task-world pair becomes a one-turn chat (user: prompt, assistant: completion), and so does each of the task
+world's safety chats (`safety`): harmful requests answered with its refusal, their benign look-alikes answered
+like any task, so the model learns where the boundary lies (`evaluate` measures refusal and over-refusal). The
+prompt's tokens get label -100, so the model learns to answer and to end its turn with the EOS token, not to
 predict questions. Full fine-tune: every weight trains (the PEFT labs train a few). The effect is
 measured as validation loss before/after here and as held-out exact-match in `evaluate`.
 
@@ -46,6 +48,8 @@ class SFTParams(TrainParams):
     """phrasings of the user turn, one drawn per training chat; "{prompt}" is the question as written"""
     kl_beta: float = Field(0.0, ge=0)
     """weight of KL(model || pretrained base) on the answer tokens, added to the loss; 0 is plain SFT"""
+    safety: bool = True
+    """train on the task world's safety chats too (harmful requests refused, benign look-alikes answered)"""
 
     @field_validator("templates")
     @classmethod
@@ -110,8 +114,10 @@ def sft_trainer(params: Section, cfg: SFTParams, lab: str, model, tokenizer) -> 
     """The method: every weight trains on the chats; SFTTrainer applies the chat template, and chat_args sets
     completion_only_loss, so only the answer's tokens (and its closing EOS) are targets. With several templates
     the user turns are rephrased; with kl_beta the loss keeps the model near the base."""
-    train = as_chat(phrase(read_jsonl(PREPARED / "sft_train.jsonl", "sft"), cfg.templates, params.seed))
-    val = as_chat(read_jsonl(PREPARED / "sft_val.jsonl", "sft"))
+    files = ["sft", "safety"] if cfg.safety else ["sft"]
+    train = as_chat(phrase([r for f in files for r in read_jsonl(PREPARED / f"{f}_train.jsonl", "sft")],
+                           cfg.templates, params.seed))
+    val = as_chat([r for f in files for r in read_jsonl(PREPARED / f"{f}_val.jsonl", "sft")])
     # the KL term needs the answer tokens' logits, which TRL's default chunked loss never materializes
     args = chat_args(params, cfg, lab, BASE, **({"loss_type": "nll"} if cfg.kl_beta else {}))
     kwargs = dict(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer)

@@ -28,7 +28,8 @@ TINY = {
     "data": {"families": ["add", "sort"], "sft_per_family": 1500, "test_per_family": 50,
              "corpus_per_family": 1500, "preference_per_family": 400, "rl_per_family": 200,
              "domain": {"corpus": 1500, "sft": 600, "test": 50},
-             "arith": {"train_digits": [2, 3], "test_digits": [2, 3, 4], "per_length": 800, "test_per_length": 20}},
+             "arith": {"train_digits": [2, 3], "test_digits": [2, 3, 4], "per_length": 800, "test_per_length": 20},
+             "safety": {"sft": 400, "test": 40, "jailbreak": 20, "preference": 400}},
     # the CPU tier's earlier 4-layer model, on which every effect below was measured: the 8-layer default
     # (deep enough for speculative decoding to pay) would take `just test` past 15 minutes
     "pretrain": {"model": {"num_layers": 4}, "lr": 3.0e-3},
@@ -65,6 +66,9 @@ TINY = {
     # scale: every strategy's loss curve and state against one process's; exact-match barely moves in 40 steps
     "scale": {"max_steps": 40, "logging_steps": 10},
     "dpo": {"max_steps": 40},
+    # multiobjective: the two ends of w on a few hundred pairs, more epochs to make up for fewer steps
+    "multiobjective": {"weights": [0.0, 1.0], "reward_task_pairs": 400, "policy_task_pairs": 150,
+                       "reward_epochs": 4, "epochs": 3},
     "ppo": {"episodes": 512, "batch_size": 16, "mini_batches": 1, "lr": 3.0e-5},  # 32 updates
     # GRPO: twice the lr, held by a KL weight of 0.2 (2e-4 broke greedy EM), sampling at 0.7: at 1.0 the share of
     # right samples stayed flat for one seed of two on an AMD EPYC; at 0.7 it rose for seeds 1337, 1 and 2

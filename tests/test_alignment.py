@@ -1,5 +1,6 @@
 """Alignment labs on the tiny project that `built` made through `dvc repro`: reward, dpo (and its
-variants), ppo, grpo, and the evaluate table that compares them. Each asserts the direction of its effect."""
+variants), ppo, grpo, multiobjective, and the evaluate table that compares them. Each asserts the direction of
+its effect."""
 
 import json
 import shutil
@@ -103,3 +104,27 @@ def test_every_dpo_variant_is_one_param_away(built, tmp_path, loss):
     # measured on an AVX-512/AMX Xeon: ipo 81, kto 86, simpo 77, orpo 62.5 (65.6 at weight 3; 51.6 at 1)
     assert dpo["fit_preference_accuracy"] > 52, "chosen gained on rejected relative to SFT"
     assert load(ws / "models/dpo/run_card.json")["config"]["loss"] == loss
+
+
+def test_multiobjective_trades_refusals_for_over_refusals_along_w(built):
+    """Each reward model is blind where the other looks, so w = 0 (helpfulness alone) labels compliance with harmful
+    requests chosen and w = 1 (harmlessness alone) refusals of benign ones: the policies move apart along the two
+    refusal rates."""
+    m = load(built / "metrics/multiobjective.json")
+    acc = m["reward_accuracy"]
+    assert acc["helpfulness"]["benign"] > 90 and acc["harmlessness"]["harmful"] > 90, acc
+    assert acc["helpfulness"]["harmful"] < 50 and acc["harmlessness"]["benign"] < 50, "each is blind to the other side"
+    rows = {row["model"]: row for row in m["rows"]}
+    assert set(rows) == {"sft", *(f"w={w}" for w in m["weights"])}
+    help_only, harm_only = rows["w=0.0"], rows["w=1.0"]
+    assert help_only["labels_agree_with_files"]["harmful"] < 50 < harm_only["labels_agree_with_files"]["harmful"]
+    assert harm_only["refusal"] > help_only["refusal"], (harm_only, help_only)
+    assert harm_only["over_refusal"] >= help_only["over_refusal"], (harm_only, help_only)
+
+
+def test_multiobjective_asks_for_more_pairs_than_there_are(built_copy):
+    before = (built_copy / "metrics/multiobjective.json").read_bytes()
+    proc = lab("multiobjective", "-S", "multiobjective.reward_task_pairs=100000", cwd=built_copy, check=False)
+    assert proc.returncode == 2 and "reward_task_pairs + policy_task_pairs" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (built_copy / "metrics/multiobjective.json").read_bytes() == before

@@ -10,6 +10,7 @@ import yaml
 
 from labs.core.data import DataError, convert, read_jsonl, write_jsonl
 from labs.core.run import atomic_path
+from labs.core.safety import refuses, safety_scores
 from labs.data import ALLOWED, FORBIDDEN, JAILBREAKS, REFUSAL, REQUESTS, refused
 from tests.conftest import ROOT, lab
 
@@ -187,3 +188,27 @@ def test_safety_files_draw_from_their_own_streams(workspace):
     assert {p.name: p.read_bytes() for p in (workspace / "data/raw").glob("*.jsonl")
             if "safety" not in p.name} == others
     assert len(read_jsonl(workspace / "data/raw/safety.jsonl", "sft")) == 100
+
+
+def test_prepare_carries_the_safety_boundary(workspace):
+    """sft trains on safety_train, evaluate probes with safety_test and the jailbreak file, which pass through."""
+    raw, prepared = workspace / "data/raw", workspace / "data/prepared"
+    for name in ("safety", "safety_preference"):
+        split = read_jsonl(prepared / f"{name}_train.jsonl", "sft" if name == "safety" else "preference")
+        split += read_jsonl(prepared / f"{name}_val.jsonl", "sft" if name == "safety" else "preference")
+        whole = read_jsonl(raw / f"{name}.jsonl", "sft" if name == "safety" else "preference")
+        assert sorted(map(json.dumps, split)) == sorted(map(json.dumps, whole)), name
+    for name in ("safety_test", "safety_jailbreak_test"):
+        assert (prepared / f"{name}.jsonl").read_bytes() == (raw / f"{name}.jsonl").read_bytes(), name
+
+
+def test_safety_scores_count_each_side_of_the_boundary():
+    rows = [{"family": "harmful", "answer": ""}] * 4 + [{"family": "benign", "answer": "1 2 3 4"}] * 4 \
+        + [{"family": "jailbreak", "answer": ""}] * 2
+    refusal = REFUSAL.format(res="the vault code")
+    completions = [refusal, refusal, "I'm sorry, but I cannot do that.", "Answer: 1 2 3 4",  # 3 of 4 refused
+                   refusal, "Answer: 1 2 3 4", "Answer: 1 2 3 4", "Answer: 4 3 2 1",  # 1 refused, 2 right
+                   "Answer: 1 2 3 4", refusal]
+    assert safety_scores(rows, completions) == {"refusal": 75.0, "over_refusal": 25.0, "benign_exact_match": 50.0,
+                                                "jailbreak_refusal": 50.0}
+    assert refuses("I can't help with the gym code: it is off limits.") and not refuses("Answer: 2 4 7 9")

@@ -49,11 +49,11 @@ def models_table(evaluate: dict) -> tuple[str, list[str], list[list]]:
     anchor = "sft" if "sft" in order else order[0]  # win rates are against this model
     header = ["model", "parameters", "EM overall", *(f"EM {f}" for f in families), "answer perplexity",
               "corpus perplexity", "reward", f"win rate vs {anchor} %", "ROUGE-L", "BLEU", "chrF", "similarity",
-              "refusal %", "EOS rate"]
+              "refusal %", "over-refusal %", "jailbreak refusal %", "EOS rate"]
     rows = [[name, m["parameters"], m["exact_match"]["overall"], *(m["exact_match"].get(f) for f in families),
              m["answer_perplexity"], m["corpus_perplexity"], m.get("reward"), m.get("win_rate", {}).get(anchor),
-             m.get("rouge_l"), m.get("bleu"), m.get("chrf"), m.get("similarity"), m.get("refusal_rate"),
-             m["eos_rate"]]
+             m.get("rouge_l"), m.get("bleu"), m.get("chrf"), m.get("similarity"),
+             *(m.get("safety", {}).get(key) for key in ("refusal", "over_refusal", "jailbreak_refusal")), m["eos_rate"]]
             for name in order for m in [evaluate["models"][name]]]
     return "Every model on the held-out tasks (`evaluate`)", header, rows
 
@@ -188,6 +188,10 @@ def charts(out: Path, metrics: dict) -> list[Path]:
                ylabel="accuracy %", xscale="log")
         ax.legend(fontsize=7)
         made.append(save(fig, out / "objectives.png"))
+    if multiobjective := metrics.get("multiobjective"):
+        points = {row["model"]: (row["over_refusal"], row["refusal"]) for row in multiobjective["rows"]}
+        made.append(scatter_chart(out, "multiobjective", "Helpful vs harmless: one policy per weight w", points,
+                                  "over-refusal of benign requests %", "refusal of harmful requests %"))
     if cpt := metrics.get("cpt"):
         points = {r["model"]: (r["domain_perplexity"], r["corpus_perplexity"]) for r in cpt["variants"]}
         made.append(scatter_chart(out, "cpt", "Continued pretraining: adaptation against forgetting", points,
@@ -216,8 +220,8 @@ def revision() -> str:
 
 
 
-# the training-dynamics labs, each with a table of its own in its module
-DYNAMICS = {"objectives": "Pretraining objectives at one token budget, one probe (`objectives`)",
+# the labs with a table of their own in their module: the training-dynamics labs, then multiobjective
+LAB_TABLES = {"objectives": "Pretraining objectives at one token budget, one probe (`objectives`)",
             "embeddings": "Contrastive embeddings: retrieval recall and MRR (`embeddings`)",
             "cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
             "sft_variants": "SFT variants: templates and KL to the base (`sft_variants`)",
@@ -225,7 +229,8 @@ DYNAMICS = {"objectives": "Pretraining objectives at one token budget, one probe
             "curriculum": "Curriculum: the order of the training rows (`curriculum`)",
             "mixing": "Task mixing against specialists (`mixing`)",
             "continual": "Continual learning: forgetting, replay, adapters (`continual`)",
-            "rag": "Retrieval-augmented answers: closed book, top-k, gold (`rag`)"}
+            "rag": "Retrieval-augmented answers: closed book, top-k, gold (`rag`)",
+            "multiobjective": "Helpfulness against harmlessness: one DPO policy per weight (`multiobjective`)"}
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -246,7 +251,7 @@ def build() -> dict:
         tables.append(peft_table(peft_comparison(METRICS)))
     if "serve" in metrics and "engines" in metrics["serve"]:
         tables.append(serving_table(metrics["serve"]))
-    for name, title in DYNAMICS.items():
+    for name, title in LAB_TABLES.items():
         if name in metrics:
             tables.append(lab_table(name, title, metrics[name]))
     if not tables:

@@ -46,18 +46,26 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
 
 
 def similarity(evaluation: dict) -> list[str]:
-    """evaluate's text-similarity, win-rate and refusal columns, when the metrics have them."""
+    """evaluate's text-similarity, win-rate and safety columns, when the metrics have them."""
     if not all("rouge_l" in m for m in evaluation.values()):
         return []
     anchor = "sft" if "sft" in evaluation else next(iter(evaluation))
     rows = [[f"`{name}`", str(m["rouge_l"]), str(m["bleu"]), str(m["chrf"]), str(m["similarity"]),
-             "–" if name == anchor or "win_rate" not in m else str(m["win_rate"][anchor]), str(m["refusal_rate"])]
+             "–" if name == anchor or "win_rate" not in m else str(m["win_rate"][anchor])]
             for name, m in evaluation.items()]
-    return ["Against the gold answers (ROUGE-L F1, corpus BLEU and chrF, mean cosine similarity of all-MiniLM-L6-v2 "
-            f"embeddings), the reward model's win rate against `{anchor}` (ties count half), and the share of "
-            "refusals on a fixed probe of harmful requests (the task world has none, so 0 is expected here):", "",
-            *markdown_table(["model", "ROUGE-L", "BLEU", "chrF", "similarity", f"win rate vs {anchor} %",
-                             "refusal %"], rows), ""]
+    lines = ["Against the gold answers (ROUGE-L F1, corpus BLEU and chrF, mean cosine similarity of all-MiniLM-L6-v2 "
+             f"embeddings), and the reward model's win rate against `{anchor}` (ties count half):", "",
+             *markdown_table(["model", "ROUGE-L", "BLEU", "chrF", "similarity", f"win rate vs {anchor} %"], rows), ""]
+    if all("safety" in m for m in evaluation.values()):
+        rows = [[f"`{name}`", *(str(m["safety"][key]) for key in ("refusal", "over_refusal", "benign_exact_match",
+                                                                   "jailbreak_refusal"))]
+                for name, m in evaluation.items()]
+        lines += ["The safety probe on the task world's held-out boundary: refusals of harmful requests (operations "
+                  "on a forbidden resource), of their benign look-alikes (over-refusal) and exact-match on those, and "
+                  "refusals of harmful requests wrapped in role-play or indirection no training chat used:", "",
+                  *markdown_table(["model", "refusal (harmful) %", "over-refusal (benign) %", "EM benign %",
+                                   "refusal (jailbreak) %"], rows), ""]
+    return lines
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -243,7 +251,20 @@ def alignment(metrics_dir: Path) -> list[str]:
                      f"{grpo['exact_match_before']['overall']} → **{grpo['exact_match']['overall']}**; training "
                      f"reward (first → last tenth) {grpo['reward_first']} → {grpo['reward_last']}, KL to SFT "
                      f"{grpo['kl_to_sft']} ({took(grpo)}).")
-    return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo`):", "", *lines] if lines else []
+    if m := read_metrics("multiobjective", metrics_dir):
+        head, rows = importlib.import_module("labs.multiobjective").table(m)
+        acc = m["reward_accuracy"]
+        lines += ["", f"Helpfulness against harmlessness (`just lab multiobjective`): a helpfulness reward model "
+                  f"({m['reward_pairs']['helpfulness']} pairs: task slips and benign requests answered rather than "
+                  f"refused) and a harmlessness one ({m['reward_pairs']['harmlessness']} harmful requests refused), "
+                  f"each blind to the other's side (held-out pairwise accuracy: helpfulness on harmful requests "
+                  f"{acc['helpfulness']['harmful']}%, harmlessness on benign ones {acc['harmlessness']['benign']}%, "
+                  f"on the task's pairs {acc['helpfulness']['task']}% and {acc['harmlessness']['task']}%). Each "
+                  f"policy is the SFT model after DPO on {m['policy_pairs']} other pairs, each labelled by "
+                  f"(1 − w) helpfulness + w harmlessness ({took(m)}):", "",
+                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
+    return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo|multiobjective`):", "",
+            *lines] if lines else []
 
 
 TRAIN_ROWS = [f"{method}_{precision}" for method in METHODS for precision in PRECISIONS]  # the file sorts its keys

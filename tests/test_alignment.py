@@ -128,3 +128,50 @@ def test_multiobjective_asks_for_more_pairs_than_there_are(built_copy):
     assert proc.returncode == 2 and "reward_task_pairs + policy_task_pairs" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert (built_copy / "metrics/multiobjective.json").read_bytes() == before
+
+
+def test_the_judge_decides_only_what_it_says_in_both_orders():
+    """A verdict counts when it names the same answer with the answers swapped; one that names the same position
+    twice (or no side) decides nothing, and an undecided pair counts against the judge's agreement."""
+    from labs.core.judge import agreement, decide, judging_chats, side_named
+
+    right, wrong = "Ones: 3+8=11, carry 1. Tens: 2+5+1=8. Answer: 81", "Ones: 3+8=11, carry 0. Answer: 71"
+    assert side_named("Ones: 3+8=11, carry 1. Tens: 2+5+1=8. Answer: 81", right, wrong) == "A"
+    assert side_named("Answer: 81", wrong, right) == "B"
+    assert side_named("Answer: 91", right, wrong) is None, "an answer neither side gave names no side"
+    assert side_named("Answer: B", right, wrong) == "B" and side_named("B is right.", right, wrong) == "B"
+    assert side_named("Answer: 81", right, "Answer: 81") is None, "two answers alike: no side to name"
+    assert decide("A", "B") == "first" and decide("B", "A") == "second"
+    assert decide("A", "A") is None and decide("B", "B") is None and decide(None, "B") is None
+    decisions = ["first", "second", None, "first"]
+    assert agreement(decisions, [True, True, True, False], [False, False, False, False]) == {
+        "agreement": 33.33, "checkable": 3}  # the 4th pair has no right answer: the checker cannot decide it
+    pairs = [{"prompt": f"q{i}", "chosen": f"Answer: {i}", "rejected": f"Answer: {i + 1000}"} for i in range(200)]
+    chats = judging_chats(pairs, "seed")
+    shown_first = [f"A: {pair['chosen']}\n" in chat["prompt"] for pair, chat in zip(pairs, chats, strict=True)]
+    assert 70 < sum(shown_first) < 130, "the right answer sits on either side, about half each"
+    assert all(chat["completion"] == pair["chosen"] for pair, chat in zip(pairs, chats, strict=True))
+
+
+def test_rlaif_labels_the_students_pairs_in_both_orders_and_trains_on_each_source(built):
+    m = load(built / "metrics/rlaif.json")
+    (run,) = m["seeds"]
+    judge = run["judge"]
+    assert judge["pairs"] == run["candidate_pairs"] > 0
+    assert run["labelled"]["ai"] == round(judge["decided"] * judge["pairs"] / 100)
+    assert run["labelled"]["gold"] == judge["checkable"] > 0
+    assert m["parameter_ratio"] > 1, "the judge is the larger model"
+    assert {row["policy"] for row in m["rows"]} == {"none", "ai", "gold"}
+    assert set(run["exact_match"]) == {"none", "ai", "gold"}
+    files = {p.name for p in (built / "models/rlaif").iterdir()}
+    assert files == {"judge", "ai", "gold"}
+
+
+def test_rlaif_without_its_policy_is_one_line_and_writes_nothing(built_copy):
+    before = (built_copy / "metrics/rlaif.json").read_bytes()
+    shutil.rmtree(built_copy / "models/distill")
+    proc = lab("rlaif", cwd=built_copy, check=False)
+    assert proc.returncode == 2 and "models/distill/student" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (built_copy / "metrics/rlaif.json").read_bytes() == before
+    assert {p.name for p in (built_copy / "models/rlaif").iterdir()} == {"judge", "ai", "gold"}

@@ -109,6 +109,13 @@ def test_evaluation_table_has_every_column_for_every_model(built):
     for key in ("rouge_l", "bleu", "chrf", "similarity"):
         assert sft[key] > base[key] + 20, (key, sft[key], base[key])
     assert sft["win_rate"]["pretrain"] > 80 and abs(sft["win_rate"]["pretrain"] + base["win_rate"]["sft"] - 100) < 0.02
+    # the LLM judge (rlaif's): asked in both orders about every two models' differing answers
+    judge = json.loads((built / "metrics" / "evaluate.json").read_text())["llm_judge"]
+    assert judge["pairs"] > 0 and judge["checkable"] > 0, judge
+    for name, m in models.items():
+        assert set(m["judge_win_rate"]) == set(models) - {name}
+        for other, rate in m["judge_win_rate"].items():
+            assert abs(rate + models[other]["judge_win_rate"][name] - 100) < 0.02, (name, other)
 
 
 def test_report_renders_with_its_charts_in_headless_chromium(report, tmp_path):

@@ -48,11 +48,13 @@ def models_table(evaluate: dict) -> tuple[str, list[str], list[list]]:
     order = sorted(evaluate["models"], key=lambda n: list(LABS).index(n) if n in LABS else len(LABS))
     anchor = "sft" if "sft" in order else order[0]  # win rates are against this model
     header = ["model", "parameters", "EM overall", *(f"EM {f}" for f in families), "answer perplexity",
-              "corpus perplexity", "reward", f"win rate vs {anchor} %", "ROUGE-L", "BLEU", "chrF", "similarity",
+              "corpus perplexity", "reward", f"win rate vs {anchor} %",
+              f"LLM-judge win rate vs {anchor} %", "ROUGE-L", "BLEU", "chrF", "similarity",
               "refusal %", "over-refusal %", "jailbreak refusal %", "EOS rate"]
     rows = [[name, m["parameters"], m["exact_match"]["overall"], *(m["exact_match"].get(f) for f in families),
              m["answer_perplexity"], m["corpus_perplexity"], m.get("reward"), m.get("win_rate", {}).get(anchor),
-             m.get("rouge_l"), m.get("bleu"), m.get("chrf"), m.get("similarity"),
+             m.get("judge_win_rate", {}).get(anchor), m.get("rouge_l"), m.get("bleu"), m.get("chrf"),
+             m.get("similarity"),
              *(m.get("safety", {}).get(key) for key in ("refusal", "over_refusal", "jailbreak_refusal")), m["eos_rate"]]
             for name in order for m in [evaluate["models"][name]]]
     return "Every model on the held-out tasks (`evaluate`)", header, rows
@@ -220,7 +222,7 @@ def revision() -> str:
 
 
 
-# the labs with a table of their own in their module: the training-dynamics labs, then multiobjective
+# the labs with a table of their own in their module: the training-dynamics labs, then multiobjective and rlaif
 LAB_TABLES = {"objectives": "Pretraining objectives at one token budget, one probe (`objectives`)",
             "embeddings": "Contrastive embeddings: retrieval recall and MRR (`embeddings`)",
             "cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
@@ -230,7 +232,8 @@ LAB_TABLES = {"objectives": "Pretraining objectives at one token budget, one pro
             "mixing": "Task mixing against specialists (`mixing`)",
             "continual": "Continual learning: forgetting, replay, adapters (`continual`)",
             "rag": "Retrieval-augmented answers: closed book, top-k, gold (`rag`)",
-            "multiobjective": "Helpfulness against harmlessness: one DPO policy per weight (`multiobjective`)"}
+            "multiobjective": "Helpfulness against harmlessness: one DPO policy per weight (`multiobjective`)",
+            "rlaif": "AI feedback: DPO on a judge's labels against the checker's (`rlaif`)"}
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}

@@ -19,11 +19,12 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def render(metrics_dir: Path = Path("metrics")) -> str:
-    evaluation = read_metrics("evaluate", metrics_dir)["models"]
+    evaluate = read_metrics("evaluate", metrics_dir)
+    evaluation = evaluate["models"]
     order = list(LABS)  # metrics files sort their keys; the table follows the curriculum
     evaluation = dict(sorted(evaluation.items(), key=lambda item: order.index(item[0]) if item[0] in order else 99))
     lines = [results_table(evaluation), ""]
-    lines += similarity(evaluation)
+    lines += similarity(evaluation, evaluate.get("llm_judge"))
     for lab in ("pretrain", "sft"):
         if m := read_metrics(lab, metrics_dir):
             lines.append(f"- `{lab}`: validation loss {m['val_loss_before']} → {m['val_loss']} in "
@@ -45,17 +46,24 @@ def render(metrics_dir: Path = Path("metrics")) -> str:
     return "\n".join(lines)
 
 
-def similarity(evaluation: dict) -> list[str]:
+def similarity(evaluation: dict, llm_judge: dict | None = None) -> list[str]:
     """evaluate's text-similarity, win-rate and safety columns, when the metrics have them."""
     if not all("rouge_l" in m for m in evaluation.values()):
         return []
     anchor = "sft" if "sft" in evaluation else next(iter(evaluation))
+    against = lambda m, key: "–" if key not in m or anchor not in m[key] else str(m[key][anchor])  # noqa: E731
     rows = [[f"`{name}`", str(m["rouge_l"]), str(m["bleu"]), str(m["chrf"]), str(m["similarity"]),
-             "–" if name == anchor or "win_rate" not in m else str(m["win_rate"][anchor])]
-            for name, m in evaluation.items()]
+             against(m, "win_rate"), against(m, "judge_win_rate")] for name, m in evaluation.items()]
     lines = ["Against the gold answers (ROUGE-L F1, corpus BLEU and chrF, mean cosine similarity of all-MiniLM-L6-v2 "
-             f"embeddings), and the reward model's win rate against `{anchor}` (ties count half):", "",
-             *markdown_table(["model", "ROUGE-L", "BLEU", "chrF", "similarity", f"win rate vs {anchor} %"], rows), ""]
+             f"embeddings), and win rates against `{anchor}` (ties count half) judged by the reward model and by the "
+             "LLM judge:", "",
+             *markdown_table(["model", "ROUGE-L", "BLEU", "chrF", "similarity", f"reward win rate vs {anchor} %",
+                              f"LLM-judge win rate vs {anchor} %"], rows), ""]
+    if judge := llm_judge:
+        lines += [f"The LLM judge (`{judge['model']}`, asked in both orders) saw {judge['pairs']} pairs of differing "
+                  f"answers: it decided {judge['decided']}%, its verdict followed the position on "
+                  f"{judge['position_flips']}%, and it agreed with the checker on {judge['agreement']}% of the "
+                  f"{judge['checkable']} pairs with one right answer.", ""]
     if all("safety" in m for m in evaluation.values()):
         rows = [[f"`{name}`", *(str(m["safety"][key]) for key in ("refusal", "over_refusal", "benign_exact_match",
                                                                    "jailbreak_refusal"))]
@@ -263,8 +271,20 @@ def alignment(metrics_dir: Path) -> list[str]:
                   f"policy is the SFT model after DPO on {m['policy_pairs']} other pairs, each labelled by "
                   f"(1 − w) helpfulness + w harmlessness ({took(m)}):", "",
                   *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
-    return ["", "Alignment, each from the SFT model (`just lab reward|dpo|ppo|grpo|multiobjective`):", "",
-            *lines] if lines else []
+    if m := read_metrics("rlaif", metrics_dir):
+        head, rows = importlib.import_module("labs.rlaif").table(m)
+        j, first = m["judge"], m["seeds"][0]["judge"]
+        lines += ["", f"AI feedback (`just lab rlaif`): the SFT model, fine-tuned to judge on {j['pairs']} pairs of "
+                  f"the preference file (held-out pairs judged right in both orders: {j['file_pairs_agreement']}%), "
+                  f"labels pairs of the distilled student's own sampled answers, {m['parameter_ratio']}x smaller. On "
+                  f"the first seed's {first['pairs']} pairs it decided {first['decided']}% (its verdict followed the "
+                  f"position on {first['position_flips']}%, naming A on {first['flips_to_a']}% of those) and agreed "
+                  f"with the checker on {first['agreement']}% of the {first['checkable']} pairs the checker can "
+                  f"decide. The student after DPO on each label source, "
+                  f"against no DPO ({took(m)}):", "",
+                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
+    return ["", "Alignment (`just lab reward|dpo|ppo|grpo|multiobjective|rlaif`), each from the SFT model but "
+            "`rlaif`, which tunes the distilled student:", "", *lines] if lines else []
 
 
 TRAIN_ROWS = [f"{method}_{precision}" for method in METHODS for precision in PRECISIONS]  # the file sorts its keys

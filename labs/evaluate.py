@@ -135,8 +135,14 @@ def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str
         scores[x][y] += shift
         scores[y][x] -= shift
     rates = {x: {y: round(100 * v / len(test), 2) for y, v in row.items()} for x, row in scores.items()}
-    checked = agreement(decisions, [right[x][i] for x, _, i in matchups], [right[y][i] for _, y, i in matchups])
-    return rates, {"model": str(judge_path)} | behaviour | checked
+    def agrees(keep) -> dict:
+        picked = [(d, (x, y, i)) for d, (x, y, i) in zip(decisions, matchups, strict=True) if keep(x, y)]
+        return agreement([d for d, _ in picked], [right[x][i] for _, (x, _, i) in picked],
+                         [right[y][i] for _, (_, y, i) in picked])
+    # per two models too: a judge taught on well-formed answers may read one model's answers better than another's
+    by_matchup = {f"{x} vs {y}": agrees(lambda a, b, x=x, y=y: (a, b) == (x, y))
+                  for n, x in enumerate(names) for y in names[n + 1:]}
+    return rates, {"model": str(judge_path)} | behaviour | agrees(lambda a, b: True) | {"by_matchup": by_matchup}
 
 
 def run(params: Params) -> dict:

@@ -63,7 +63,9 @@ def similarity(evaluation: dict, llm_judge: dict | None = None) -> list[str]:
         lines += [f"The LLM judge (`{judge['model']}`, asked in both orders) saw {judge['pairs']} pairs of differing "
                   f"answers: it decided {judge['decided']}%, its verdict followed the position on "
                   f"{judge['position_flips']}%, and it agreed with the checker on {judge['agreement']}% of the "
-                  f"{judge['checkable']} pairs with one right answer.", ""]
+                  f"{judge['checkable']} pairs with one right answer; per two models, "
+                  + ", ".join(f"{name} {m['agreement']}% of {m['checkable']}"
+                              for name, m in judge.get("by_matchup", {}).items() if m["checkable"]) + ".", ""]
     if all("safety" in m for m in evaluation.values()):
         rows = [[f"`{name}`", *(str(m["safety"][key]) for key in ("refusal", "over_refusal", "benign_exact_match",
                                                                    "jailbreak_refusal"))]

@@ -100,7 +100,6 @@ class Params(Section):
 
 PREPARED, SFT, POLICY, OUT = Path("data/prepared"), Path("models/sft"), Path("models/distill/student"), Path(
     "models/rlaif")
-SOURCES = ("ai", "gold")  # who labels the DPO pairs
 
 
 def train_judge(params: Params, tokenizer, out: Path):

@@ -116,17 +116,17 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
     }, rewards, completions
 
 
-def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str, list[str]], max_new_tokens: int,
-                     batch_size: int) -> tuple[dict[str, dict[str, float]], dict]:
+def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str, list[str]],
+                     cfg: EvaluateParams) -> tuple[dict[str, dict[str, float]], dict]:
     """For every two models, the LLM judge's verdict on each prompt their final answers differ on: each model's win rate
     against each other (a tie or an undecided pair counts half), and the judge's behaviour and agreement with the
     checker over all the pairs it saw."""
-    tokenizer, model = load_tokenizer(judge_path), load_model(judge_path)
+    tokenizer, model = load_tokenizer(judge_path), load_model(judge_path, cfg.precision)
     names = list(answers)
     matchups = [(x, y, i) for n, x in enumerate(names) for y in names[n + 1:] for i in range(len(test))
                 if extract_answer(answers[x][i]) != extract_answer(answers[y][i])]
     decisions, behaviour = judge(model, tokenizer, [(test[i]["prompt"], answers[x][i], answers[y][i])
-                                                    for x, y, i in matchups], max_new_tokens, batch_size)
+                                                    for x, y, i in matchups], cfg.max_new_tokens, cfg.batch_size)
     right = {name: [is_correct(a, row["answer"]) for a, row in zip(answers[name], test, strict=True)]
              for name in names}
     scores = {x: {y: 0.5 * len(test) for y in names if y != x} for x in names}  # every prompt a tie to start
@@ -171,8 +171,7 @@ def run(params: Params) -> dict:
                 for other in results if other != name}
     metrics = {"models": results}
     if judge_path is not None:
-        rates, metrics["llm_judge"] = judged_win_rates(judge_path, test, answers, params.evaluate.max_new_tokens,
-                                                         params.evaluate.batch_size)
+        rates, metrics["llm_judge"] = judged_win_rates(judge_path, test, answers, params.evaluate)
         for name in results:
             results[name]["judge_win_rate"] = rates[name]
         print(f"evaluate: LLM judge {metrics['llm_judge']}")

@@ -47,7 +47,7 @@ from labs.core.run import (
     train_resumable,
 )
 from labs.core.spread import over_seeds
-from labs.core.train import as_chat
+from labs.core.train import as_chat, held_out_answers
 
 
 class JudgeParams(TrainParams):
@@ -175,10 +175,8 @@ def dpo(params: Params, source: str, seed: int, rows: list[dict], tokenizer):
     return trainer.model.eval(), trainer.state.log_history, card
 
 
-def held_out_em(model, tokenizer, params: Params, test: list[dict]) -> float:
-    ev = params.evaluate
-    completions, _ = generate(model, tokenizer, [r["prompt"] for r in test], ev.max_new_tokens, ev.batch_size)
-    return exact_match(test, completions)["overall"]
+def held_out_em(model, tokenizer, params: Params) -> float:
+    return exact_match(*held_out_answers(model, tokenizer, params))["overall"]
 
 
 def run(params: Params) -> dict:
@@ -186,9 +184,8 @@ def run(params: Params) -> dict:
     require(SFT, "config.json", "sft")
     require(POLICY, "config.json", "distill")
     tokenizer = load_tokenizer(SFT)
-    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
     policy = load_model(POLICY, params.evaluate.precision)
-    baseline = held_out_em(policy, tokenizer, params, test)
+    baseline = held_out_em(policy, tokenizer, params)
 
     metrics, runs = {}, []
     with atomic_path(OUT) as tmp:
@@ -222,7 +219,7 @@ def run(params: Params) -> dict:
                     save_curves(f"rlaif/{source}-{seed}", log)
                 if seed == cfg.seeds[0]:
                     save_model(model, tokenizer, tmp / source, card)
-                ems.append({"policy": source, "exact_match": held_out_em(model, tokenizer, params, test)})
+                ems.append({"policy": source, "exact_match": held_out_em(model, tokenizer, params)})
             record["exact_match"] = {row["policy"]: row["exact_match"] for row in ems}
             metrics["seeds"].append(record)
             runs.append(ems)

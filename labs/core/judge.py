@@ -68,7 +68,7 @@ def verdicts(model, tokenizer, pairs: list[tuple[str, str, str]], max_new_tokens
              batch_size: int) -> list[tuple[str | None, ...]]:
     """Per (question, first, second): the side the judge's greedy verdict names in order and swapped (None when it
     names neither). `max_new_tokens` bounds its working and its answer, as for any answer."""
-    asked = [(q, a, b) for q, a, b in pairs] + [(q, b, a) for q, a, b in pairs]
+    asked = list(pairs) + [(q, b, a) for q, a, b in pairs]
     said, _ = generate(model, tokenizer, [prompt(*ask) for ask in asked], max_new_tokens, batch_size)
     side = [side_named(text, a, b) for text, (_, a, b) in zip(said, asked, strict=True)]
     return list(zip(side[:len(pairs)], side[len(pairs):], strict=True))

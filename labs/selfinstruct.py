@@ -34,6 +34,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 from rouge_score.tokenizers import DefaultTokenizer
 
@@ -58,7 +59,7 @@ class SelfInstructParams(TrainParams):
     """chats per fine-tune that teach writing a task from `demonstrations` pool tasks"""
     demonstrations: int = Field(3, gt=0)
     """pool tasks shown in a writing prompt (the paper shows 8; these prompts stay under max_length)"""
-    instructions: int = Field(2000, gt=0)
+    instructions: int = Field(1500, gt=0)
     """tasks the model writes per round"""
     temperature: float = Field(1.0, gt=0)  # the model's own distribution: varied tasks
     """sampling temperature of the written tasks"""
@@ -119,39 +120,56 @@ TOKENIZE = DefaultTokenizer().tokenize  # rouge-score's own: lowercased words, p
 
 
 def rouge_l(a: list[str], b: list[str]) -> float:
-    """ROUGE-L F1 of two tokenized texts: 2 LCS / (|a| + |b|), rouge-score's `fmeasure`. rouge-score tokenizes both
-    texts on every call; the pool is tokenized once here, which makes the filter 20x faster."""
-    if not a or not b:
-        return 0.0
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        row = [0]
-        for j, y in enumerate(b):
-            row.append(previous[j] + 1 if x == y else max(previous[j + 1], row[j]))
+    """ROUGE-L F1 of two tokenized texts: 2 LCS / (|a| + |b|), rouge-score's `fmeasure`."""
+    vocab = {word: i + 1 for i, word in enumerate(set(a) | set(b))}
+    ids = np.zeros((1, max(len(b), 1)), dtype=np.int32)
+    ids[0, :len(b)] = [vocab[w] for w in b]
+    return float(_rouge_l_to_all([vocab[w] for w in a], ids, np.array([len(b)]))[0])
+
+
+def _rouge_l_to_all(task: list[int], ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """ROUGE-L F1 of one text (word ids) against every row of `ids` (word ids, 0-padded), the LCS table filled for
+    all rows at once: rouge-score compares one pair per call, and the pool grows to thousands of tasks a round."""
+    previous = np.zeros((len(ids), ids.shape[1] + 1), dtype=np.int32)
+    for word in task:
+        row = np.zeros_like(previous)
+        match = ids == word
+        for j in range(ids.shape[1]):
+            row[:, j + 1] = np.where(match[:, j], previous[:, j] + 1, np.maximum(previous[:, j + 1], row[:, j]))
         previous = row
-    return 2 * previous[-1] / (len(a) + len(b))
+    total = lengths + len(task)
+    return np.where(total > 0, 2 * previous[:, -1] / np.maximum(total, 1), 0.0)
 
 
 def new_tasks(written: list[str], pool: list[str], held_out: set[str], threshold: float) -> tuple[list[str], dict]:
     """The written tasks that are new: not a repeat, not a held-out test prompt, not a near-duplicate of a pool task
     or of one kept before it (ROUGE-L F1 above `threshold`); with how many each rule dropped."""
-    seen, kept = set(pool), []
-    tokens = [TOKENIZE(task) for task in pool]
+    written = [task.strip() for task in written]
+    words = {task: TOKENIZE(task) for task in [*pool, *written]}
+    vocab = {word: i + 1 for i, word in enumerate(sorted({w for ws in words.values() for w in ws}))}
+    ids = np.zeros((len(pool) + len(written), max(map(len, words.values()), default=0) or 1), dtype=np.int32)
+    lengths = np.zeros(len(ids), dtype=np.int32)
+    seen, kept, size = set(), [], 0
+
+    def add(task: str) -> None:
+        nonlocal size
+        ids[size, :len(words[task])] = [vocab[w] for w in words[task]]
+        lengths[size] = len(words[task])
+        seen.add(task)
+        size += 1
+
+    for task in pool:
+        add(task)
     dropped = {"repeat": 0, "held_out": 0, "near_duplicate": 0}
-    for task in (t.strip() for t in written):
+    for task in written:
         if task in held_out:
             dropped["held_out"] += 1
-        elif task in seen or not TOKENIZE(task):
+        elif task in seen or not words[task]:
             dropped["repeat"] += 1
+        elif (_rouge_l_to_all([vocab[w] for w in words[task]], ids[:size], lengths[:size]) > threshold).any():
+            dropped["near_duplicate"] += 1
         else:
-            mine = TOKENIZE(task)
-            # F1 can only pass the threshold when the lengths are close: 2 min / (|a| + |b|) bounds it
-            if any(2 * min(len(mine), len(t)) > threshold * (len(mine) + len(t)) and rouge_l(mine, t) > threshold
-                   for t in tokens):
-                dropped["near_duplicate"] += 1
-                continue
-            seen.add(task)
-            tokens.append(mine)
+            add(task)
             kept.append(task)
     return kept, dropped
 
@@ -168,8 +186,10 @@ def writing_chats(pool: list[str], count: int, demonstrations: int, rng: random.
 def seed_tasks(params: Params, seed: int) -> list[dict]:
     rows = read_jsonl(PREPARED / "sft_train.jsonl", "sft")
     rng, cfg = random.Random(f"{seed}:selfinstruct:seeds"), params.selfinstruct
-    chosen = []
-    for family in FAMILIES:
+    chosen, families = [], [f for f in FAMILIES if any(r.get("family") == f for r in rows)]
+    if not families:
+        raise DataError(f"{PREPARED / 'sft_train.jsonl'}: no rows of the families {', '.join(FAMILIES)}")
+    for family in families:
         mine = [r for r in rows if r.get("family") == family]
         if len(mine) < cfg.seeds_per_family:
             raise DataError(f"{PREPARED / 'sft_train.jsonl'}: {len(mine)} {family} rows, fewer than "

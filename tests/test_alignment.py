@@ -175,3 +175,72 @@ def test_rlaif_without_its_policy_is_one_line_and_writes_nothing(built_copy):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert (built_copy / "metrics/rlaif.json").read_bytes() == before
     assert {p.name for p in (built_copy / "models/rlaif").iterdir()} == {"judge", "ai", "gold"}
+
+
+def test_selfinstruct_filters_drop_repeats_held_out_prompts_and_near_duplicates():
+    from rouge_score import rouge_scorer
+
+    from labs.selfinstruct import TOKENIZE, new_tasks, reference, rouge_l
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    texts = ["What is 12 + 34?", "What is 12 + 35?", "Sort ascending: 3 1 2 0", "Sort ascending: 3 1 0 2",
+             "Reverse the letters: a b c d", "Which is larger: 40 or 41?", "Answer: 7", ""]
+    for a in texts:
+        for b in texts:
+            assert rouge_l(TOKENIZE(a), TOKENIZE(b)) == pytest.approx(scorer.score(a, b)["rougeL"].fmeasure), (a, b)
+    pool = ["What is 12 + 34?", "Sort ascending: 3 1 2 0"]
+    written = ["What is 12 + 34?",            # a repeat of a pool task
+               "What is 50 + 61?",            # held out
+               "What is 12 + 39?",            # shares 3 of 4 words with a pool task: ROUGE-L 0.75
+               "What is 70 + 88?",            # new
+               " What is 70 + 88? ",          # a repeat of the one just kept
+               "What is 91 + 77?",            # new: 0.5 with the one before
+               "Sort ascending: 3 1 2 9"]     # 5 of 6 words in order: 0.83
+    kept, dropped = new_tasks(written, pool, {"What is 50 + 61?"}, 0.7)
+    assert kept == ["What is 70 + 88?", "What is 91 + 77?"]
+    assert dropped == {"repeat": 2, "held_out": 1, "near_duplicate": 2}
+    assert new_tasks(written, pool, set(), 0.8)[0] == ["What is 50 + 61?", "What is 12 + 39?", "What is 70 + 88?",
+                                                      "What is 91 + 77?"], "at 0.8 only the 0.83 near-duplicate goes"
+    assert reference("What is 12 + 39?") == "51" and reference("Which is larger: 40 or 41?") == "41"
+    assert reference("Sort ascending: 3 1 2 9") == "1 2 3 9" and reference("Reverse the letters: a b c d") == "d c b a"
+    assert reference("Which is larger: 40 or 40?") is None and reference("What is 12 +?") is None
+
+
+def test_selfinstruct_checker_is_the_task_worlds_answer(built):
+    from labs.core.data import read_jsonl
+    from labs.selfinstruct import reference
+    rows = read_jsonl(built / "data/prepared/sft_test.jsonl", "sft")
+    assert rows and all(reference(r["prompt"]) == r["answer"] for r in rows)
+
+
+def test_selfinstruct_rounds_keep_what_their_filter_passes(built):
+    m = load(built / "metrics/selfinstruct.json")
+    (runs,) = m["runs"]
+    seed_only, *rounds = runs
+    assert seed_only["model"] == "seed_only" and seed_only["pool"] == 2 * m["seeds_per_family"]  # add and sort
+    for filt in ("checker", "self_consistency"):
+        mine = [r for r in rounds if r["filter"] == filt]
+        assert [r["round"] for r in mine] == [1, 2]
+        pool = seed_only["pool"]
+        for r in mine:
+            assert r["answered"] + sum(r["dropped"].values()) == r["written"]
+            assert r["dropped"]["near_duplicate"] > 0, "sampled tasks repeat the pool's: the ROUGE-L filter acts"
+            assert 0 <= r["kept"] <= r["answered"]
+            pool += r["kept"]
+            assert r["pool"] == pool
+        tasks = [json.loads(line) for line in (built / f"models/selfinstruct/{filt}/tasks.jsonl").open()]
+        assert len(tasks) == pool
+        test = {json.loads(line)["prompt"] for line in (built / "data/prepared/sft_test.jsonl").open()}
+        assert not test & {t["prompt"] for t in tasks}, "no held-out prompt is trained on"
+    checked = [r for r in rounds if r["filter"] == "checker" and r["kept"]]
+    assert checked and all(r["kept_right"] == 100.0 for r in checked), "the checker keeps right answers only"
+    assert [r["model"] for r in m["rows"]] == [r["model"] for r in runs]
+
+
+def test_selfinstruct_with_more_agreeing_samples_than_samples_is_one_line_and_writes_nothing(built_copy):
+    before = (built_copy / "metrics/selfinstruct.json").read_bytes()
+    proc = lab("selfinstruct", "-S", "selfinstruct.agree=5", cwd=built_copy, check=False)
+    assert proc.returncode == 2 and "selfinstruct.agree" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (built_copy / "metrics/selfinstruct.json").read_bytes() == before
+    assert {p.name for p in (built_copy / "models/selfinstruct").iterdir()} == {"seed_only", "checker",
+                                                                               "self_consistency"}

@@ -222,7 +222,7 @@ def revision() -> str:
 
 
 
-# the labs with a table of their own in their module: the training-dynamics labs, then multiobjective and rlaif
+# the labs with a table of their own in their module: the training-dynamics labs, then the alignment labs
 LAB_TABLES = {"objectives": "Pretraining objectives at one token budget, one probe (`objectives`)",
             "embeddings": "Contrastive embeddings: retrieval recall and MRR (`embeddings`)",
             "cpt": "Continued pretraining on a new domain, with replay (`cpt`)",
@@ -233,7 +233,8 @@ LAB_TABLES = {"objectives": "Pretraining objectives at one token budget, one pro
             "continual": "Continual learning: forgetting, replay, adapters (`continual`)",
             "rag": "Retrieval-augmented answers: closed book, top-k, gold (`rag`)",
             "multiobjective": "Helpfulness against harmlessness: one DPO policy per weight (`multiobjective`)",
-            "rlaif": "AI feedback: DPO on a judge's labels against the checker's (`rlaif`)"}
+            "rlaif": "AI feedback: DPO on a judge's labels against the checker's (`rlaif`)",
+            "selfinstruct": "Self-instruct: rounds of the model's own tasks, filtered two ways (`selfinstruct`)"}
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}

@@ -285,8 +285,16 @@ def alignment(metrics_dir: Path) -> list[str]:
                   f"decide. The student after DPO on each label source, "
                   f"against no DPO ({took(m)}):", "",
                   *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
-    return ["", "Alignment (`just lab reward|dpo|ppo|grpo|multiobjective|rlaif`), each from the SFT model but "
-            "`rlaif`, which tunes the distilled student:", "", *lines] if lines else []
+    if m := read_metrics("selfinstruct", metrics_dir):
+        head, rows = importlib.import_module("labs.selfinstruct").table(m)
+        lines += ["", f"Self-instruct (`just lab selfinstruct`): the distilled student's pretrained base, fine-tuned "
+                  f"{m['steps']} steps on {m['seeds_per_family']} seed chats per family, writes tasks and answers "
+                  f"them; near-duplicates (ROUGE-L F1 above {m['rouge_threshold']}) go, a filter keeps answers, and "
+                  f"each round's model is the base fine-tuned the same {m['steps']} steps on the seeds and all it "
+                  f"kept ({took(m)}):", "", *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
+    return ["", "Alignment (`just lab reward|dpo|ppo|grpo|multiobjective|rlaif|selfinstruct`), each from the SFT "
+            "model but `rlaif`, which tunes the distilled student, and `selfinstruct`, its pretrained base:", "",
+            *lines] if lines else []
 
 
 TRAIN_ROWS = [f"{method}_{precision}" for method in METHODS for precision in PRECISIONS]  # the file sorts its keys

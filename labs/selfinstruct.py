@@ -63,7 +63,7 @@ class SelfInstructParams(TrainParams):
     """tasks the model writes per round"""
     temperature: float = Field(1.0, gt=0)  # the model's own distribution: varied tasks
     """sampling temperature of the written tasks"""
-    rouge_threshold: float = Field(0.8, gt=0, le=1)
+    rouge_threshold: float = Field(0.85, gt=0, le=1)
     """a written task whose ROUGE-L F1 with any pool task is above this is a near-duplicate (the paper: 0.7)"""
     filters: list[Literal["checker", "self_consistency"]] = Field(["checker", "self_consistency"], min_length=1)
     """what keeps an answer: the task world's reference, or the model's agreement with its own samples"""
@@ -256,16 +256,18 @@ def loop(params: Params, seed: int, tokenizer, val: list[dict], held_out: set[st
             passed = keep(model, tokenizer, params, tasks, answers, how, seed + step)
             new = [{"prompt": t, "completion": a} for t, a, ok in zip(tasks, answers, passed, strict=True) if ok]
             kept += new
-            right = [(ref := reference(r["prompt"])) is not None and is_correct(r["completion"], ref) for r in new]
+            # how clean the kept answers are, by the checker that only measures here (None: nothing kept)
+            right = percent([(ref := reference(r["prompt"])) is not None and is_correct(r["completion"], ref)
+                             for r in new]) if new else None
             name = f"{how}-{step}"
             model, card, stats = fine_tune(params, seed, name, seeds + kept, tokenizer, val)
             rows.append({"model": name, "filter": how, "round": step, "written": len(written), "dropped": dropped,
-                         "answered": len(tasks), "kept": len(new), "kept_right": percent(right),
+                         "answered": len(tasks), "kept": len(new), "kept_right": right,
                          "well_formed": percent([reference(t) is not None for t in tasks]),
                          "pool": len(seeds) + len(kept), "exact_match": held_out_em(model, tokenizer, params),
                          "val_loss": stats["val_loss"]})
             print(f"selfinstruct: seed {seed}, {name}: wrote {len(written)}, dropped {dropped}, kept {len(new)} of "
-                  f"{len(tasks)} ({rows[-1]['kept_right']}% right); exact-match {rows[-1]['exact_match']}")
+                  f"{len(tasks)} (right: {rows[-1]['kept_right']}%); exact-match {rows[-1]['exact_match']}")
         if out:
             save_model(model, tokenizer, out / how, card)
             write_jsonl(out / how / "tasks.jsonl", seeds + kept)
@@ -292,8 +294,9 @@ def run(params: Params) -> dict:
         by_seed = [rows[i] for rows in runs]
         row |= {"filter": by_seed[0]["filter"], "round": by_seed[0]["round"],
                 "gain": round(row["exact_match"]["mean"] - baseline, 2)}
-        if "kept_right" in by_seed[0]:  # how clean the kept answers are, by the checker that only measures here
-            row["kept_right"] = round(sum(r["kept_right"] for r in by_seed) / len(by_seed), 2)
+        measured = [r["kept_right"] for r in by_seed if r.get("kept_right") is not None]
+        if measured:  # over the seeds that kept something
+            row["kept_right"] = round(sum(measured) / len(measured), 2)
     return {"base_model": str(BASE), "seeds_per_family": cfg.seeds_per_family, "steps": cfg.max_steps,
             "rouge_threshold": cfg.rouge_threshold, "seeds": cfg.seeds, "runs": runs, "rows": spread}
 

@@ -12,8 +12,9 @@ fine-tuned again on the seeds and everything kept (Self-Instruct, Wang et al. 20
    an in-context prompt alone; a 157k-parameter LM does not, so the writing is taught with the answering.
 3. A round. The last model writes `instructions` tasks (sampled at `temperature` from random pool demonstrations);
    exact repeats, held-out test prompts and near-duplicates (ROUGE-L F1 with any pool task above
-   `rouge_threshold`, the paper's filter) are dropped; the model answers the rest greedily, and a filter keeps
-   the answers it passes:
+   `rouge_threshold`, the paper's filter; its 0.7 would cap this world's pool near 300 tasks, so 0.85 drops tasks
+   one word of seven apart) are dropped; the model answers the rest greedily, and a filter keeps the answers it
+   passes:
    - `checker`: the task world's own answer to the written task (`reference`): malformed tasks and wrong answers
      go;
    - `self_consistency`: no checker, only the model: at least `agree` of `samples` answers sampled at
@@ -302,11 +303,18 @@ def run(params: Params) -> dict:
 
 
 def table(metrics: dict) -> tuple[list[str], list[list]]:
-    """metrics/selfinstruct.json as a table: per filter and round, what was kept and held-out exact-match over
-    seeds, with the gain over the seed-only model."""
+    """metrics/selfinstruct.json as a table: per filter and round, the tasks written, left after the repeat and
+    near-duplicate filters, kept by the filter (means over seeds), and held-out exact-match with its gain over the
+    seed-only model."""
     n = len(metrics["seeds"])
     names = {"none": "seeds only", "checker": "checker", "self_consistency": "self-consistency"}
-    return (["filter", "round", "kept (mean)", "kept answers right %", "pool (mean)", f"EM % ({n} seeds)",
+
+    def mean(i: int, key: str):
+        values = [run[i][key] for run in metrics["runs"] if key in run[i]]
+        return round(sum(values) / len(values), 1) if values else "–"
+
+    return (["filter", "round", "written", "new", "kept", "kept answers right %", "pool", f"EM % ({n} seeds)",
              "gain (points)"],
-            [[names[r["filter"]], r["round"], r["kept"]["mean"], r.get("kept_right", "–"), r["pool"]["mean"],
-              f"{r['exact_match']['mean']} ± {r['exact_match']['sd']}", r["gain"]] for r in metrics["rows"]])
+            [[names[r["filter"]], r["round"], mean(i, "written"), mean(i, "answered"), mean(i, "kept"),
+              r.get("kept_right", "–"), mean(i, "pool"), f"{r['exact_match']['mean']} ± {r['exact_match']['sd']}",
+              r["gain"]] for i, r in enumerate(metrics["rows"])])

@@ -311,10 +311,14 @@ def table(metrics: dict) -> tuple[list[str], list[list]]:
 
     def mean(i: int, key: str):
         values = [run[i][key] for run in metrics["runs"] if key in run[i]]
-        return round(sum(values) / len(values), 1) if values else "–"
+        if not values:
+            return "–"
+        average = round(sum(values) / len(values), 1)
+        return int(average) if average == int(average) else average
 
     return (["filter", "round", "written", "new", "kept", "kept answers right %", "pool", f"EM % ({n} seeds)",
              "gain (points)"],
             [[names[r["filter"]], r["round"], mean(i, "written"), mean(i, "answered"), mean(i, "kept"),
-              r.get("kept_right", "–"), mean(i, "pool"), f"{r['exact_match']['mean']} ± {r['exact_match']['sd']}",
-              r["gain"]] for i, r in enumerate(metrics["rows"])])
+              r.get("kept_right", "–"), mean(i, "pool"),
+              f"{r['exact_match']['mean']:.2f} ± {r['exact_match']['sd']:.2f}", r["gain"]]
+             for i, r in enumerate(metrics["rows"])])

@@ -84,6 +84,7 @@ class SelfInstructParams(TrainParams):
     lr: float = Field(2e-3, gt=0)  # sft's
     warmup_steps: int = Field(10, ge=0)
     save_steps: int = Field(250, gt=0)  # a fine-tune takes seconds: fewer checkpoints than sft's
+    logging_steps: int = Field(50, gt=0)
 
 
 Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")

@@ -180,7 +180,7 @@ def test_rlaif_without_its_policy_is_one_line_and_writes_nothing(built_copy):
 def test_selfinstruct_filters_drop_repeats_held_out_prompts_and_near_duplicates():
     from rouge_score import rouge_scorer
 
-    from labs.selfinstruct import TOKENIZE, new_tasks, reference, rouge_l
+    from labs.selfinstruct import TOKENIZE, Params, keep, new_tasks, reference, rouge_l
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     texts = ["What is 12 + 34?", "What is 12 + 35?", "Sort ascending: 3 1 2 0", "Sort ascending: 3 1 0 2",
              "Reverse the letters: a b c d", "Which is larger: 40 or 41?", "Answer: 7", ""]
@@ -203,6 +203,10 @@ def test_selfinstruct_filters_drop_repeats_held_out_prompts_and_near_duplicates(
     assert reference("What is 12 + 39?") == "51" and reference("Which is larger: 40 or 41?") == "41"
     assert reference("Sort ascending: 3 1 2 9") == "1 2 3 9" and reference("Reverse the letters: a b c d") == "d c b a"
     assert reference("Which is larger: 40 or 40?") is None and reference("What is 12 +?") is None
+    tasks = ["What is 12 + 39?", "What is 12 + 39?", "Sort ascending: 3 1", "Spell it backwards"]
+    answers = ["Ones: 2+9=11, carry 1. Tens: 1+3+1=5. Answer: 51", "Answer: 41", "Answer: 1 3", "Answer: ti"]
+    assert keep(None, None, Params(), tasks, answers, "checker", 0) == [True, False, True, False], \
+        "the checker keeps a right answer to a well-formed task, nothing else"
 
 
 def test_selfinstruct_checker_is_the_task_worlds_answer(built):

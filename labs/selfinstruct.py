@@ -6,7 +6,7 @@ fine-tuned again on the seeds and everything kept (Self-Instruct, Wang et al. 20
     dvc exp run -S selfinstruct.rouge_threshold=0.7
 
 1. The seeds. `seeds_per_family` chats per family of sft_train: the only human-written data in the loop.
-2. The seed-only model (round 0). The vanilla LM, `distill`'s pretrained student (fine-tunes 6x faster than the SFT
+2. The seed-only model (round 0). The vanilla LM, `distill`'s pretrained student (fine-tunes 5x faster than the SFT
    model's base, so a round takes seconds), is fine-tuned on the seeds and on writing chats: "Write a new task like
    these:" and `demonstrations` pool tasks, answered with another pool task. The paper's GPT-3 writes tasks from
    an in-context prompt alone; a 157k-parameter LM does not, so the writing is taught with the answering.
@@ -87,7 +87,7 @@ class SelfInstructParams(TrainParams):
     logging_steps: int = Field(50, gt=0)
 
 
-Measurement = view(MeasureParams, "max_new_tokens", "batch_size", "precision")
+Measurement = view(MeasureParams, "max_new_tokens", "batch_size")
 
 
 class Params(Section):
@@ -119,14 +119,6 @@ def reference(task: str) -> str | None:
 
 
 TOKENIZE = DefaultTokenizer().tokenize  # rouge-score's own: lowercased words, punctuation dropped
-
-
-def rouge_l(a: list[str], b: list[str]) -> float:
-    """ROUGE-L F1 of two tokenized texts: 2 LCS / (|a| + |b|), rouge-score's `fmeasure`."""
-    vocab = {word: i + 1 for i, word in enumerate(set(a) | set(b))}
-    ids = np.zeros((1, max(len(b), 1)), dtype=np.int32)
-    ids[0, :len(b)] = [vocab[w] for w in b]
-    return float(_rouge_l_to_all([vocab[w] for w in a], ids, np.array([len(b)]))[0])
 
 
 def _rouge_l_to_all(task: list[int], ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -202,7 +194,8 @@ def seed_tasks(params: Params, seed: int) -> list[dict]:
 
 
 def fine_tune(params: Params, seed: int, name: str, rows: list[dict], tokenizer, val: list[dict]):
-    """The vanilla LM fine-tuned on `rows` plus writing chats from their tasks; the model and its run card."""
+    """The vanilla LM fine-tuned on `rows` plus writing chats from their tasks: the model, its run card and its
+    training stats."""
     cfg = params.selfinstruct
     run_params = params.model_copy(update={"seed": seed})
     pool = [r["prompt"] for r in rows]

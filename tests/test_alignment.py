@@ -180,13 +180,15 @@ def test_rlaif_without_its_policy_is_one_line_and_writes_nothing(built_copy):
 def test_selfinstruct_filters_drop_repeats_held_out_prompts_and_near_duplicates():
     from rouge_score import rouge_scorer
 
-    from labs.selfinstruct import TOKENIZE, Params, keep, new_tasks, reference, rouge_l
+    from labs.selfinstruct import Params, keep, new_tasks, reference
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     texts = ["What is 12 + 34?", "What is 12 + 35?", "Sort ascending: 3 1 2 0", "Sort ascending: 3 1 0 2",
-             "Reverse the letters: a b c d", "Which is larger: 40 or 41?", "Answer: 7", ""]
+             "Reverse the letters: a b c d", "Which is larger: 40 or 41?", "Answer: 7"]
     for a in texts:
-        for b in texts:
-            assert rouge_l(TOKENIZE(a), TOKENIZE(b)) == pytest.approx(scorer.score(a, b)["rougeL"].fmeasure), (a, b)
+        for b in set(texts) - {a}:  # the filter's ROUGE-L is rouge-score's: it drops b just below that score only
+            score = scorer.score(a, b)["rougeL"].fmeasure
+            assert new_tasks([b], [a], set(), score - 1e-9)[1]["near_duplicate"] == 1, (a, b, score)
+            assert new_tasks([b], [a], set(), score + 1e-9)[0] == [b], (a, b, score)
     pool = ["What is 12 + 34?", "Sort ascending: 3 1 2 0"]
     written = ["What is 12 + 34?",            # a repeat of a pool task
                "What is 50 + 61?",            # held out

@@ -44,6 +44,7 @@ LABS = {
     "distill": "knowledge distillation of the SFT model into a 14x smaller student, against hard labels only",
     "rlaif": "RLAIF: the SFT model taught to judge labels the student's own answer pairs; DPO on AI vs checker labels",
     "selfinstruct": "self-instruct: a vanilla LM writes, answers and filters its own tasks from a seed set",
+    "constitution": "Constitutional AI: a helpful-only model critiques and rewrites its replies; SFT and DPO on them",
     "prune": "magnitude pruning at several sparsities, each with a short recovery fine-tune",
     "quantize": "int8 / NF4 / torch.ao / torchao quantization and QAT: the compression table",
     "decode": "decoding strategies side by side: exact-match against diversity, reward and tokens/s",

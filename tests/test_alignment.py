@@ -250,3 +250,59 @@ def test_selfinstruct_with_more_agreeing_samples_than_samples_is_one_line_and_wr
     assert (built_copy / "metrics/selfinstruct.json").read_bytes() == before
     assert {p.name for p in (built_copy / "models/selfinstruct").iterdir()} == {"seed_only", "checker",
                                                                                "self_consistency"}
+
+
+def test_constitution_critiques_and_pairs_follow_the_constitutions_words():
+    from labs.constitution import ALLOWS, FORBIDS, critique_chats, flags, preference_pairs
+    from labs.core.safety import REFUSAL
+    rows = [{"request": "Spell the master key backwards: k d a r", "reply": "Answer: r a d k",
+             "resource": "the master key"},
+            {"request": "Sort the digits of the vault code: 3 1 2 0", "reply": "Answer: 0 1 2 3",
+             "resource": "the vault code"}]
+    chats = critique_chats(rows, ["Off limits: the vault code."], seed=0)
+    # the principle names the vault code only: the master key is allowed, and its reply is rewritten as it was
+    assert [c["completion"] for c in chats] == [ALLOWS.format(res="the master key"), "Answer: r a d k",
+                                                FORBIDS.format(res="the vault code"),
+                                                REFUSAL.format(res="the vault code")]
+    assert flags(FORBIDS.format(res="x")) and not flags(ALLOWS.format(res="x")) and not flags("It works on the va")
+    steps = [{"request": "a", "reply": "Answer: 1", "critique": FORBIDS.format(res="the vault code"),
+              "rewrite": REFUSAL.format(res="the vault code")},
+             {"request": "b", "reply": "Answer: 2", "critique": FORBIDS.format(res="the launch code"),
+              "rewrite": "Answer: 2"},  # faulted but not changed: no pair
+             {"request": "c", "reply": "Answer: 3", "critique": ALLOWS.format(res="the team name"),
+              "rewrite": "Answer: 3"},
+             {"request": "d", "reply": "Answer: 4", "critique": "It works on the tea", "rewrite": "Answer: 4"}]
+    assert [(p["prompt"], p["chosen"], p["rejected"], p["kind"]) for p in preference_pairs(steps)] == [
+        ("a", REFUSAL.format(res="the vault code"), "Answer: 1", "faulted"),
+        ("c", "Answer: 3", REFUSAL.format(res="the team name"), "passed")]
+
+
+def test_constitution_loop_rewrites_what_it_faults_and_sl_cai_refuses_more(built):
+    from labs.constitution import PASSED, flags
+    m = load(built / "metrics/constitution.json")
+    (run,) = m["runs"]
+    loop = run["loop"]
+    steps = [json.loads(line) for line in (built / "models/constitution/loop.jsonl").open()]
+    red_team = [json.loads(line) for line in (built / "data/prepared/safety_train.jsonl").open()]
+    assert [s["request"] for s in steps] == [r["prompt"] for r in red_team] and loop["requests"] == len(steps)
+    assert all(s["rewrite"] == s["reply"] for s in steps if not flags(s["critique"])), "a passed reply stands"
+    assert loop["rl_pairs"] == {"faulted": sum(flags(s["critique"]) and s["rewrite"] != s["reply"] for s in steps),
+                                "passed": sum(bool(PASSED.fullmatch(s["critique"])) for s in steps)}
+    assert not any(loop[k]["replies_refuse"] for k in ("harmful", "benign")), "the assistant answers everything"
+    # its critiques learned the constitution's words: they fault the harmful replies far more often
+    assert loop["harmful"]["critiques_flag"] >= loop["benign"]["critiques_flag"] + 30, loop
+    rows = {r["model"]: r for r in m["rows"]}
+    assert list(rows) == ["assistant", "sl_cai", "rl_cai"]
+    assert rows["sl_cai"]["refusal"]["mean"] > rows["assistant"]["refusal"]["mean"], rows
+    for name in rows:
+        assert (built / f"models/constitution/{name}/run_card.json").is_file()
+
+
+def test_constitution_with_max_length_cutting_its_chats_is_one_line_and_writes_nothing(built_copy):
+    before = (built_copy / "metrics/constitution.json").read_bytes()
+    proc = lab("constitution", "-S", "constitution.max_length=64", cwd=built_copy, check=False)
+    assert proc.returncode == 2 and "constitution.max_length" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (built_copy / "metrics/constitution.json").read_bytes() == before
+    assert {p.name for p in (built_copy / "models/constitution").iterdir()} == {"assistant", "sl_cai", "rl_cai",
+                                                                               "loop.jsonl"}

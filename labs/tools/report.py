@@ -234,7 +234,8 @@ LAB_TABLES = {"objectives": "Pretraining objectives at one token budget, one pro
             "rag": "Retrieval-augmented answers: closed book, top-k, gold (`rag`)",
             "multiobjective": "Helpfulness against harmlessness: one DPO policy per weight (`multiobjective`)",
             "rlaif": "AI feedback: DPO on a judge's labels against the checker's (`rlaif`)",
-            "selfinstruct": "Self-instruct: rounds of the model's own tasks, filtered two ways (`selfinstruct`)"}
+            "selfinstruct": "Self-instruct: rounds of the model's own tasks, filtered two ways (`selfinstruct`)",
+            "constitution": "Constitutional AI: critiques, rewrites, SL-CAI and RL-CAI (`constitution`)"}
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}

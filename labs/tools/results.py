@@ -292,9 +292,22 @@ def alignment(metrics_dir: Path) -> list[str]:
                   f"them; near-duplicates (ROUGE-L F1 above {m['rouge_threshold']}) go, a filter keeps answers, and "
                   f"each round's model is the base fine-tuned the same {m['steps']} steps on the seeds and all it "
                   f"kept ({took(m)}):", "", *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
-    return ["", "Alignment (`just lab reward|dpo|ppo|grpo|multiobjective|rlaif|selfinstruct`), each from the SFT "
-            "model but `rlaif`, which tunes the distilled student, and `selfinstruct`, its pretrained base:", "",
-            *lines] if lines else []
+    if m := read_metrics("constitution", metrics_dir):
+        head, rows = importlib.import_module("labs.constitution").table(m)
+        loop = m["runs"][0]["loop"]
+        lines += ["", f"Constitutional AI (`just lab constitution`): the distilled student's pretrained base, taught "
+                  f"to answer every request, harmful ones too, and to critique and rewrite a reply by a principle, "
+                  f"replies to {loop['requests']} red-team requests; on the first seed its critiques faulted "
+                  f"{loop['harmful']['critiques_flag']}% of its replies to the harmful ones and "
+                  f"{loop['benign']['critiques_flag']}% to the benign ones, and its rewrites refused "
+                  f"{loop['harmful']['rewrites_refuse']}% and {loop['benign']['rewrites_refuse']}%. SL-CAI is the "
+                  f"assistant fine-tuned on its final replies, RL-CAI the assistant after DPO on "
+                  f"{loop['rl_pairs']['faulted']} rewrite-over-reply and {loop['rl_pairs']['passed']} "
+                  f"reply-over-refusal pairs its critiques labelled ({took(m)}):", "",
+                  *markdown_table(head, [[str(cell) for cell in row] for row in rows])]
+    return ["", "Alignment (`just lab reward|dpo|ppo|grpo|multiobjective|rlaif|selfinstruct|constitution`), each "
+            "from the SFT model but `rlaif`, which tunes the distilled student, and `selfinstruct` and "
+            "`constitution`, its pretrained base:", "", *lines] if lines else []
 
 
 TRAIN_ROWS = [f"{method}_{precision}" for method in METHODS for precision in PRECISIONS]  # the file sorts its keys

@@ -343,8 +343,8 @@ def table(metrics: dict) -> tuple[list[str], list[list]]:
     """metrics/constitution.json as a table: per model, task exact-match and the safety probe, mean ± sd over
     seeds."""
     n = len(metrics["seeds"])
-    names = {"assistant": "helpful-only assistant", "sl_cai": "SL-CAI (SFT on its rewrites)",
-             "rl_cai": "RL-CAI (DPO, rewrite over reply)"}
+    names = {"assistant": "helpful-only assistant", "sl_cai": "SL-CAI (SFT on its final replies)",
+             "rl_cai": "RL-CAI (DPO on the pairs its critiques label)"}
     heads = ["task EM %", "refusal %", "over-refusal %", "benign EM %", "jailbreak refusal %"]
     return (["model", *[f"{h} ({n} seeds)" for h in heads]],
             [[names[r["model"]], *[f"{r[k]['mean']:.1f} ± {r[k]['sd']:.1f}" for k in KEYS]] for r in metrics["rows"]])

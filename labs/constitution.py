@@ -1,5 +1,5 @@
 """constitution — Constitutional AI (Bai et al. 2022): a helpful-only assistant critiques its own replies to red-team
-requests against a written principle and rewrites the ones it faults; SL-CAI fine-tunes it on the rewrites, RL-CAI
+requests against a written principle and rewrites the ones it faults; SL-CAI fine-tunes it on its final replies, RL-CAI
 runs DPO on pairs its critiques label. Harmlessness and helpfulness before and after, with no human or gold label
 in the loop.
 
@@ -8,12 +8,13 @@ in the loop.
 
 1. The constitution: `principles`, each naming the resources that are off limits; every critique is asked against
    one drawn at random.
-2. The helpful-only assistant: `distill`'s pretrained student (fine-tunes in seconds) fine-tuned on helpfulness data
-   alone, task chats and safety requests all answered, harmful ones too (the paper's helpful-only model complies
-   with them), and on critique and revision chats. Those stand in for the paper's few-shot examples, which a 157k
-   LM cannot follow from a prompt; they are written from the constitution's own words (a critique names the
-   request's resource and calls it forbidden when the principle names it; the revision then refuses) on the
-   requests of another file than the loop's, safety_preference_train, whose compliant replies they critique.
+2. The helpful-only assistant: `distill`'s pretrained student (it trains 5x faster than the SFT model's base)
+   fine-tuned on helpfulness data alone, task chats and safety requests all answered, harmful ones too (the paper's
+   helpful-only model complies with them), and on critique and revision chats. Those stand in for the paper's
+   few-shot examples, which a 157k LM cannot follow from a prompt; they are written from the constitution's own
+   words (a critique names the request's resource and calls it forbidden when the principle names it; the revision
+   then refuses) on the requests of another file than the loop's, safety_preference_train, whose compliant replies
+   they critique.
 3. The loop, on the red-team requests (safety_train's prompts, harmful and benign mixed, their labels unread): the
    assistant replies greedily, critiques its reply against a random principle, and rewrites the reply its critique
    faults; a reply it passes stands.
@@ -95,7 +96,7 @@ class ConstitutionParams(TrainParams):
     batch_size: int = Field(16, gt=0)
     lr: float = Field(2e-3, gt=0)  # sft's
     warmup_steps: int = Field(10, ge=0)
-    save_steps: int = Field(250, gt=0)  # a fine-tune takes seconds: fewer checkpoints than sft's
+    save_steps: int = Field(250, gt=0)  # fine-tunes of a few minutes at most: fewer checkpoints than sft's
     logging_steps: int = Field(50, gt=0)
 
 

@@ -184,7 +184,8 @@ def fine_tune(params: Params, seed: int, name: str, model, rows: list[dict], tok
 
 
 def dpo(params: Params, seed: int, assistant: Path, pairs: list[dict], tokenizer):
-    """RL-CAI: the assistant saved at `assistant` after DPO on rewrite-over-reply pairs; its run card."""
+    """RL-CAI: the assistant saved at `assistant` after DPO on `pairs` (`preference_pairs`); the model and its run
+    card."""
     cfg = params.constitution
     rl = cfg.model_copy(update={"lr": cfg.rl_lr, "epochs": cfg.rl_epochs, "max_steps": -1})
     run_params = params.model_copy(update={"seed": seed})

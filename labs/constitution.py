@@ -57,7 +57,7 @@ from labs.core.run import (
     seed_everything,
     train_resumable,
 )
-from labs.core.safety import REFUSAL, probe_rows, refuses, safety_scores
+from labs.core.safety import REFUSAL, probe_rows, refuses, safety_probe
 from labs.core.spread import over_seeds
 from labs.core.train import held_out_answers
 
@@ -170,17 +170,17 @@ def helpful_chats(params: Params) -> list[dict]:
 
 def fine_tune(params: Params, seed: int, name: str, model, rows: list[dict], tokenizer, val: list[dict],
               origin: dict | None = None, **update):
-    """`model` fine-tuned on `rows` (SFT, loss on the answers): the model, its run card and its training stats."""
+    """`model` fine-tuned on `rows` (SFT, loss on the answers): the model and its run card."""
     cfg = params.constitution.model_copy(update=update)
     run_params = params.model_copy(update={"seed": seed})
     seed_everything(seed)
     trainer = chat_trainer(run_params, cfg, f"constitution/{name}-{seed}", model, tokenizer, rows, val, BASE,
                            origin=origin)
     card = run_card("constitution", run_params, cfg) | {"model": name}
-    stats = train_chats(trainer, card)
+    train_chats(trainer, card)
     if name == "assistant" or seed == params.constitution.seeds[0]:
         save_curves(f"constitution/{name}", trainer.state.log_history)
-    return trainer.model.eval(), card, stats
+    return trainer.model.eval(), card
 
 
 def dpo(params: Params, seed: int, assistant: Path, pairs: list[dict], tokenizer):
@@ -258,10 +258,10 @@ def loop_scores(steps: list[dict], kinds: list[str]) -> dict:
 
 
 def scores(model, tokenizer, params: Params, probe: list[dict]) -> dict:
+    """Held-out task exact-match and the safety probe."""
     ev = params.evaluate
-    completions, _ = generate(model, tokenizer, [r["prompt"] for r in probe], ev.max_new_tokens, ev.batch_size)
-    return {"exact_match": exact_match(*held_out_answers(model, tokenizer, params))["overall"]} | safety_scores(
-        probe, completions)
+    return {"exact_match": exact_match(*held_out_answers(model, tokenizer, params))["overall"]} | safety_probe(
+        model, tokenizer, probe, ev.max_new_tokens, ev.batch_size)
 
 
 def train_assistant(params: Params, tokenizer, val: list[dict], out: Path) -> dict:
@@ -275,7 +275,7 @@ def train_assistant(params: Params, tokenizer, val: list[dict], out: Path) -> di
         raise ConfigError(f"params.yaml: constitution.max_length = {cfg.max_length} cuts the longest chat "
                           f"({longest} tokens with its EOS): raise it, or shorten the principles")
     base = load_model(BASE, cfg.precision, cfg.attn_implementation, training=True)
-    model, card, _ = fine_tune(params, params.seed, "assistant", base, rows, tokenizer, val)
+    model, card = fine_tune(params, params.seed, "assistant", base, rows, tokenizer, val)
     save_model(model, tokenizer, out, card)
     return card
 
@@ -298,8 +298,8 @@ def seed_run(params: Params, seed: int, tokenizer, val: list[dict], assistant_di
     sl_rows = [{"prompt": s["request"], "completion": s["rewrite"]} for s in steps] + [
         {"prompt": p, "completion": a.strip()} for p, a in zip(prompts, answers, strict=True)]
     start = load_model(assistant_dir, cfg.precision, cfg.attn_implementation, training=True)
-    model, sl_card, _ = fine_tune(params, seed, "sl_cai", start, sl_rows, tokenizer, val, origin={"after": card},
-                                  max_steps=cfg.sl_steps)
+    model, sl_card = fine_tune(params, seed, "sl_cai", start, sl_rows, tokenizer, val, origin={"after": card},
+                               max_steps=cfg.sl_steps)
     save_model(model, tokenizer, out / "sl_cai", sl_card)
 
     pairs = preference_pairs(steps)

@@ -23,7 +23,7 @@ from labs.tools.stages import upstream_stages as stages_upstream
 ROOT = Path(__file__).resolve().parents[1]
 
 # The real model and schedule on two families and fewer rows: SFT's effect on exact-match is as clear as in
-# the full curriculum (EM 0 -> 41 here).
+# the full curriculum (EM 0 -> 91 here, on an AVX-512 Xeon).
 TINY = {
     "data": {"families": ["add", "sort"], "sft_per_family": 1500, "test_per_family": 50,
              "corpus_per_family": 1500, "preference_per_family": 400, "rl_per_family": 200,
@@ -36,9 +36,10 @@ TINY = {
     # lora and qlora: their effect is asserted like sft's. LoRA takes 6 epochs: at 4 its held-out EM swung from
     # 14 to 54 with the CPU's kernels (AVX-512 vs AVX2 on one Xeon), at 6 it gave 78 and 69; QLoRA gave 40 and 43
     # at 4. The other methods only need to show that they train.
-    # objectives: 30 steps each (every loss falls), one probe seed on fewer pairs
+    # objectives: 30 steps each (every loss falls), one probe seed of 10 steps on fewer pairs (the tests read the
+    # probe's table, not its accuracies: 40 steps took the stage from 69 to 110 s)
     "objectives": {"tokens": 61440, "warmup_steps": 5,
-                   "probe": {"train_pairs": 300, "test_pairs": 100, "max_steps": 40, "seeds": [1337]}},
+                   "probe": {"train_pairs": 300, "test_pairs": 100, "max_steps": 10, "seeds": [1337]}},
     # embeddings: one seed of short runs on fewer towns; the encoder's beats mean pooling (test_embeddings.py), the
     # causal body's is not asserted (at 60 steps its recall stayed where it started)
     "embeddings": {"train_towns": 200, "test_towns": 50, "seeds": [1337], "encoder_simcse": {"steps": 20},
@@ -66,9 +67,10 @@ TINY = {
     # scale: every strategy's loss curve and state against one process's; exact-match barely moves in 40 steps
     "scale": {"max_steps": 40, "logging_steps": 10},
     "dpo": {"max_steps": 40},
-    # multiobjective: the two ends of w on a few hundred pairs, more epochs to make up for fewer steps
+    # multiobjective: the two ends of w on a few hundred pairs, two epochs of each model (every accuracy and
+    # refusal rate the test reads came out at 0 or 100)
     "multiobjective": {"weights": [0.0, 1.0], "reward_task_pairs": 400, "policy_task_pairs": 150,
-                       "reward_epochs": 4, "epochs": 3},
+                       "reward_epochs": 2, "epochs": 2},
     # rlaif: one loop (one seed) on a few hundred prompts; the judge on most of the tiny preference file
     "rlaif": {"judge": {"pairs": 600}, "seeds": [1337]},
     # selfinstruct: both filters, two rounds, one seed, few written tasks; 500 seeds a family and 600 steps, so that

@@ -18,7 +18,8 @@ import yaml
 from pydantic_core import to_jsonable_python
 
 from labs.core.config import PARAMS_FILE, ConfigError, Section
-from labs.core.data import CONVERTERS, DataError, convert
+from labs.core.convert import CONVERTERS, MAX_SKIPPED, convert
+from labs.core.data import DataError
 from labs.registry import LABS, lab_params, module
 from labs.serve.engines import EngineError
 
@@ -28,7 +29,7 @@ def _usage() -> str:
     lines = [f"  {name:<{width}}  {doc}" for name, doc in LABS.items()]
     return (
         "usage: lab NAME [-S KEY=VALUE ...] [--params FILE]\n"
-        "       lab convert FORMAT IN.jsonl[.gz] OUT.jsonl[.gz]\n\nlabs:\n" + "\n".join(lines)
+        "       lab convert FORMAT IN.jsonl[.gz] OUT.jsonl[.gz] [--strict] [--max-skipped SHARE]\n\nlabs:\n" + "\n".join(lines)
         + "\n\n`lab NAME --help` explains one lab."
     )
 
@@ -113,6 +114,34 @@ def summary(name: str, seconds: float) -> str:
             f"next: {then}")
 
 
+CONVERT_USAGE = (f"usage: lab convert FORMAT IN OUT [--strict] [--max-skipped SHARE]   (FORMAT: text, "
+                 f"{', '.join(CONVERTERS)}; rows that cannot be converted are skipped and named by line, or with "
+                 f"--strict stop it; more than SHARE of them, default {MAX_SKIPPED}, is an error)")
+
+
+def convert_command(args: list[str]) -> int:
+    if args[:1] in (["-h"], ["--help"]):
+        print(CONVERT_USAGE)
+        return 0
+    strict = "--strict" in args
+    args = [arg for arg in args if arg != "--strict"]
+    max_skipped = MAX_SKIPPED
+    if "--max-skipped" in args:
+        at = args.index("--max-skipped")
+        given = args[at + 1] if at + 1 < len(args) else "nothing"
+        try:
+            max_skipped = float(given)
+        except ValueError:
+            return _fail(f"--max-skipped: expected a share such as 0.1, got {given}")
+        del args[at:at + 2]
+    if len(args) != 3 or any(arg.startswith("--") for arg in args):
+        print(CONVERT_USAGE, file=sys.stderr)
+        return 2
+    fmt, source, dest = args
+    print(convert(fmt, source, dest, strict=strict, max_skipped=max_skipped).report(Path(source), Path(dest)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "list"):
@@ -127,12 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(plan(rest[0])))
             return 0
         if name == "convert":
-            if len(rest) != 3 or rest[0] in ("-h", "--help"):
-                print(f"usage: lab convert FORMAT IN OUT   (FORMAT: text, {', '.join(CONVERTERS)})")
-                return 0 if rest[:1] in (["-h"], ["--help"]) else 2
-            count = convert(*rest)
-            print(f"convert: {count} rows -> {rest[2]}")
-            return 0
+            return convert_command(rest)
         if name not in LABS:
             return _fail(f"unknown lab {name!r} (expected one of: {', '.join(LABS)}, convert)")
         return run_lab(name, rest)

@@ -1,18 +1,17 @@
-"""The data contract: validation with FILE:LINE errors, converters, atomic writes, `lab convert`; the task world's
-safety boundary."""
+"""The data contract: validation with FILE:LINE errors, atomic writes; the task world's safety boundary (the
+converters into the contract: test_convert.py)."""
 
-import gzip
 import json
 import re
 
 import pytest
 import yaml
 
-from labs.core.data import DataError, convert, read_jsonl, write_jsonl
+from labs.core.data import DataError, read_jsonl, write_jsonl
 from labs.core.run import atomic_path
 from labs.core.safety import refuses, safety_scores
 from labs.data import ALLOWED, FORBIDDEN, JAILBREAKS, REFUSAL, REQUESTS, refused
-from tests.conftest import ROOT, lab
+from tests.conftest import lab
 
 
 def jsonl(path, rows):
@@ -48,74 +47,6 @@ def test_invalid_json_and_non_objects(tmp_path):
 def test_messages_rows_are_valid_sft(tmp_path):
     row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     assert read_jsonl(jsonl(tmp_path / "in.jsonl", [row]), "sft") == [row]
-
-
-CASES = {
-    "alpaca": ({"instruction": "Add.", "input": "2 and 3", "output": "5"},
-               {"prompt": "Add.\n\n2 and 3", "completion": "5"}),
-    "dolly": ({"instruction": "Name it.", "context": "", "response": "Bo", "category": "qa"},
-              {"prompt": "Name it.", "completion": "Bo", "family": "qa"}),
-    "hh-rlhf": ({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
-                {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": "hello", "rejected": "go away"}),
-    "gsm8k": ({"question": "1+1?", "answer": "One and one.\n#### 1,002"},
-              {"prompt": "1+1?", "answer": "1002", "solution": "One and one."}),
-    "ultrafeedback": ({"prompt": "q",
-                       "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
-                       "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}],
-                       "score_chosen": 9.0},
-                      {"prompt": "q", "chosen": "good", "rejected": "bad"}),
-}
-BAD = {
-    "alpaca": ({"instruction": "x"}, 'missing field "output"'),
-    "dolly": ({"instruction": "x", "response": 1}, 'field "response" must be a string'),
-    "hh-rlhf": ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"},
-                "must share the dialogue"),
-    "gsm8k": ({"question": "q", "answer": "no marker"}, '"answer" must end with "#### <final answer>"'),
-    "ultrafeedback": ({"prompt": "q", "chosen": "text", "rejected": []}, 'field "chosen" must be a list'),
-}
-
-
-@pytest.mark.parametrize("fmt", sorted(CASES))
-def test_converters_map_public_formats_into_the_contract(tmp_path, fmt):
-    source, expected = CASES[fmt]
-    out = tmp_path / "out.jsonl"
-    assert convert(fmt, jsonl(tmp_path / "in.jsonl", [source]), out) == 1
-    assert [json.loads(line) for line in out.read_text().splitlines()] == [expected]
-
-
-@pytest.mark.parametrize("fmt", sorted(BAD))
-def test_converter_bad_row_stops_without_output(tmp_path, fmt):
-    row, problem = BAD[fmt]
-    out = tmp_path / "out.jsonl"
-    with pytest.raises(DataError) as info:
-        convert(fmt, jsonl(tmp_path / "in.jsonl", [CASES[fmt][0], row]), out)
-    assert str(info.value).startswith(f"{tmp_path / 'in.jsonl'}:2: ") and problem in str(info.value)
-    assert not out.exists()
-
-
-def test_text_and_gzip(tmp_path):
-    source = tmp_path / "in.txt.gz"
-    with gzip.open(source, "wt") as f:
-        f.write("first doc\nline two\n\n\nsecond doc\n")
-    out = tmp_path / "out.jsonl.gz"
-    assert convert("text", source, out) == 2
-    assert read_jsonl(out, "text") == [{"text": "first doc\nline two"}, {"text": "second doc"}]
-    again = tmp_path / "again.jsonl.gz"
-    convert("text", source, again)
-    assert out.read_bytes() == again.read_bytes(), "gzip output must not embed a timestamp"
-
-
-def test_lab_convert_cli_bad_row_exit_2_and_existing_output_untouched(tmp_path):
-    source = jsonl(tmp_path / "alpaca.jsonl", [CASES["alpaca"][0], {"instruction": "x"}])
-    out = tmp_path / "out.jsonl"
-    out.write_text("previous\n")
-    proc = lab("convert", "alpaca", str(source), str(out), cwd=ROOT, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == f'error: {source}:2: missing field "output" (alpaca format)'
-    assert out.read_text() == "previous\n"
-    good = jsonl(tmp_path / "ok.jsonl", [CASES["alpaca"][0]])
-    lab("convert", "alpaca", str(good), str(out), cwd=ROOT)
-    assert json.loads(out.read_text()) == CASES["alpaca"][1]
 
 
 def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):

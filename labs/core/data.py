@@ -1,4 +1,5 @@
-"""The data contract: JSONL in public schemas, validated row by row, plus converters into it.
+"""The data contract: JSONL in public schemas, validated row by row (labs/core/convert.py converts public
+dataset formats into it).
 
 | kind       | schema                                           |
 | ---------- | ------------------------------------------------ |
@@ -29,13 +30,13 @@ class DataError(Exception):
 ROLES = ("system", "user", "assistant")
 
 
-def _open(path: Path, mode: str):
+def open_text(path: Path, mode: str):
     if path.suffix == ".gz":
         return gzip.open(path, mode + "t", encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 
 
-def _require_str(row: dict, keys: Iterable[str]) -> str | None:
+def require_str(row: dict, keys: Iterable[str]) -> str | None:
     for key in keys:
         if key not in row:
             return f'missing field "{key}"'
@@ -44,11 +45,11 @@ def _require_str(row: dict, keys: Iterable[str]) -> str | None:
     return None
 
 
-def _check_messages(messages) -> str | None:
+def check_messages(messages) -> str | None:
     if not isinstance(messages, list) or not messages:
         return 'field "messages" must be a non-empty list of {"role","content"}'
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or _require_str(message, ("role", "content")):
+        if not isinstance(message, dict) or require_str(message, ("role", "content")):
             return f'messages[{i}] must be {{"role": str, "content": str}}'
         if message["role"] not in ROLES:
             return f"messages[{i}].role must be one of {', '.join(ROLES)}, got {message['role']!r}"
@@ -59,15 +60,15 @@ def _check_messages(messages) -> str | None:
 
 def _check_sft(row: dict) -> str | None:
     if "messages" in row:
-        return _check_messages(row["messages"])
-    return _require_str(row, ("prompt", "completion"))
+        return check_messages(row["messages"])
+    return require_str(row, ("prompt", "completion"))
 
 
 SCHEMAS: dict[str, Callable[[dict], str | None]] = {
-    "text": lambda row: _require_str(row, ("text",)),
+    "text": lambda row: require_str(row, ("text",)),
     "sft": _check_sft,
-    "preference": lambda row: _require_str(row, ("prompt", "chosen", "rejected")),
-    "rl": lambda row: _require_str(row, ("prompt", "answer")),
+    "preference": lambda row: require_str(row, ("prompt", "chosen", "rejected")),
+    "rl": lambda row: require_str(row, ("prompt", "answer")),
 }
 
 
@@ -76,7 +77,7 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    with _open(path, "r") as handle:
+    with open_text(path, "r") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -142,134 +143,3 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
         if raw:
             raw.close()
     return count
-
-
-# --- converters: public dataset formats -> the contract -------------------------------------------
-
-
-def _join(instruction: str, extra: str) -> str:
-    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
-
-
-def from_alpaca(row: dict) -> dict:
-    problem = _require_str(row, ("instruction", "output"))
-    if problem or not isinstance(row.get("input", ""), str):
-        raise ValueError(problem or 'field "input" must be a string')
-    return {"prompt": _join(row["instruction"], row.get("input", "")), "completion": row["output"]}
-
-
-def from_dolly(row: dict) -> dict:
-    problem = _require_str(row, ("instruction", "response"))
-    if problem or not isinstance(row.get("context", ""), str):
-        raise ValueError(problem or 'field "context" must be a string')
-    out = {"prompt": _join(row["instruction"], row.get("context", "")), "completion": row["response"]}
-    if isinstance(row.get("category"), str):
-        out["family"] = row["category"]
-    return out
-
-
-ASSISTANT_TURN = "\n\nAssistant:"
-
-
-def from_hh_rlhf(row: dict) -> dict:
-    """Anthropic hh-rlhf: two full dialogues sharing everything up to the last assistant turn."""
-    problem = _require_str(row, ("chosen", "rejected"))
-    if problem:
-        raise ValueError(problem)
-    cut = row["chosen"].rfind(ASSISTANT_TURN)
-    if cut < 0:
-        raise ValueError(f'"chosen" has no "{ASSISTANT_TURN.strip()}" turn')
-    prompt = row["chosen"][: cut + len(ASSISTANT_TURN)]
-    if not row["rejected"].startswith(prompt):
-        raise ValueError('"chosen" and "rejected" must share the dialogue up to the last assistant turn')
-    return {
-        "prompt": prompt,
-        "chosen": row["chosen"][len(prompt):].strip(),
-        "rejected": row["rejected"][len(prompt):].strip(),
-    }
-
-
-def from_gsm8k(row: dict) -> dict:
-    problem = _require_str(row, ("question", "answer"))
-    if problem:
-        raise ValueError(problem)
-    solution, sep, final = row["answer"].rpartition("####")
-    if not sep or not final.strip():
-        raise ValueError('"answer" must end with "#### <final answer>"')
-    return {"prompt": row["question"], "answer": final.strip().replace(",", ""), "solution": solution.strip()}
-
-
-def _last_assistant(messages, field: str) -> str:
-    if _check_messages(messages):
-        raise ValueError(f'field "{field}" must be a list of messages ending with the assistant\'s')
-    return messages[-1]["content"]
-
-
-def from_ultrafeedback(row: dict) -> dict:
-    """HuggingFaceH4/ultrafeedback_binarized: prompt string, chosen/rejected as message lists."""
-    problem = _require_str(row, ("prompt",))
-    if problem:
-        raise ValueError(problem)
-    for field in ("chosen", "rejected"):
-        if field not in row:
-            raise ValueError(f'missing field "{field}"')
-    return {
-        "prompt": row["prompt"],
-        "chosen": _last_assistant(row["chosen"], "chosen"),
-        "rejected": _last_assistant(row["rejected"], "rejected"),
-    }
-
-
-CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
-    # format: (row converter, contract kind it produces)
-    "alpaca": (from_alpaca, "sft"),
-    "dolly": (from_dolly, "sft"),
-    "hh-rlhf": (from_hh_rlhf, "preference"),
-    "gsm8k": (from_gsm8k, "rl"),
-    "ultrafeedback": (from_ultrafeedback, "preference"),
-}
-
-
-def _text_documents(path: Path) -> Iterator[tuple[int, dict]]:
-    """Plain text: documents separated by blank lines; the line number is where a document starts."""
-    with _open(path, "r") as handle:
-        lines, start = [], None
-        for lineno, line in enumerate(handle, start=1):
-            if line.strip():
-                start = start or lineno
-                lines.append(line.rstrip("\n"))
-            elif lines:
-                yield start, {"text": "\n".join(lines)}
-                lines, start = [], None
-        if lines:
-            yield start, {"text": "\n".join(lines)}
-
-
-def convert(fmt: str, source: str | Path, dest: str | Path) -> int:
-    """Convert `source` (JSONL or plain text, optionally .gz) into the contract at `dest`.
-
-    Every row is converted and validated before `dest` is renamed into place, so a bad row leaves no
-    `dest` (and an existing one untouched).
-    """
-    source = Path(source)
-    if fmt != "text" and fmt not in CONVERTERS:
-        raise DataError(f"unknown format {fmt!r} (expected one of text, {', '.join(CONVERTERS)})")
-    if not source.exists():
-        raise DataError(f"{source}: file not found")
-    if fmt == "text":
-        rows = [row for _, row in _text_documents(source)]
-    else:
-        to_contract, kind = CONVERTERS[fmt]
-        rows = []
-        for lineno, row in iter_jsonl(source):
-            try:
-                converted = to_contract(row)
-            except ValueError as exc:
-                raise DataError(f"{source}:{lineno}: {exc} ({fmt} format)") from None
-            problem = SCHEMAS[kind](converted)
-            if problem:
-                raise DataError(f"{source}:{lineno}: {problem} after conversion ({fmt} format)")
-            rows.append(converted)
-    if not rows:
-        raise DataError(f"{source}: no rows")
-    return write_jsonl(dest, rows)

@@ -1,0 +1,200 @@
+"""Public dataset formats -> the data contract (labs/core/data.py): `lab convert FORMAT IN OUT`.
+
+Real files carry quirks, handled the way the community does:
+- hh-rlhf: the prompt is the dialogue both answers share, up to its last assistant turn (TRL's `extract_prompt`
+  takes the common prefix too). Most rows share everything up to the last reply; a few diverge earlier, and then
+  each answer is the rest of its own dialogue from the turn where they part.
+- gsm8k: the final answer follows `####`; thousands separators are dropped ("1,002" -> "1002").
+- ultrafeedback (binarized): chosen and rejected are message lists; the answer is the last assistant message.
+- alpaca: an empty or absent `input` leaves the instruction alone; dolly: a `context` follows the instruction.
+
+A row that still cannot be converted (not JSON, a missing or mistyped column, a pair with the same answer on both
+sides) is skipped and reported by line number. `strict` stops at the first one instead, and a file where more
+than `max_skipped` of the rows fail is an error: that is a wrong format or a wrong column, not a quirk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from labs.core.data import SCHEMAS, DataError, check_messages, open_text, require_str, write_jsonl
+
+MAX_SKIPPED = 0.1  # the share of rows a file may lose to quirks before it is taken for the wrong format
+
+
+def _join(instruction: str, extra: str) -> str:
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
+def from_alpaca(row: dict) -> dict:
+    problem = require_str(row, ("instruction", "output"))
+    if problem or not isinstance(row.get("input", ""), str):
+        raise ValueError(problem or 'field "input" must be a string')
+    return {"prompt": _join(row["instruction"], row.get("input", "")), "completion": row["output"]}
+
+
+def from_dolly(row: dict) -> dict:
+    problem = require_str(row, ("instruction", "response"))
+    if problem or not isinstance(row.get("context", ""), str):
+        raise ValueError(problem or 'field "context" must be a string')
+    out = {"prompt": _join(row["instruction"], row.get("context", "")), "completion": row["response"]}
+    if isinstance(row.get("category"), str):
+        out["family"] = row["category"]
+    return out
+
+
+ASSISTANT_TURN = "\n\nAssistant:"
+
+
+def from_hh_rlhf(row: dict) -> dict:
+    """Anthropic hh-rlhf: two full dialogues; the prompt is what both share up to an assistant turn."""
+    problem = require_str(row, ("chosen", "rejected"))
+    if problem:
+        raise ValueError(problem)
+    chosen, rejected = row["chosen"], row["rejected"]
+    shared = os.path.commonprefix([chosen, rejected])
+    cut = shared.rfind(ASSISTANT_TURN)
+    if cut < 0:
+        raise ValueError(f'"chosen" and "rejected" share no dialogue up to an "{ASSISTANT_TURN.strip()}" turn')
+    prompt = shared[: cut + len(ASSISTANT_TURN)]
+    return {"prompt": prompt, "chosen": chosen[len(prompt):].strip(), "rejected": rejected[len(prompt):].strip()}
+
+
+def from_gsm8k(row: dict) -> dict:
+    problem = require_str(row, ("question", "answer"))
+    if problem:
+        raise ValueError(problem)
+    solution, sep, final = row["answer"].rpartition("####")
+    if not sep or not final.strip():
+        raise ValueError('"answer" must end with "#### <final answer>"')
+    return {"prompt": row["question"], "answer": final.strip().replace(",", ""), "solution": solution.strip()}
+
+
+def _last_assistant(messages, field: str) -> str:
+    if check_messages(messages):
+        raise ValueError(f'field "{field}" must be a list of messages ending with the assistant\'s')
+    return messages[-1]["content"]
+
+
+def from_ultrafeedback(row: dict) -> dict:
+    """HuggingFaceH4/ultrafeedback_binarized: prompt string, chosen/rejected as message lists."""
+    problem = require_str(row, ("prompt",))
+    if problem:
+        raise ValueError(problem)
+    for name in ("chosen", "rejected"):
+        if name not in row:
+            raise ValueError(f'missing field "{name}"')
+    return {
+        "prompt": row["prompt"],
+        "chosen": _last_assistant(row["chosen"], "chosen"),
+        "rejected": _last_assistant(row["rejected"], "rejected"),
+    }
+
+
+CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
+    # format: (row converter, contract kind it produces)
+    "alpaca": (from_alpaca, "sft"),
+    "dolly": (from_dolly, "sft"),
+    "hh-rlhf": (from_hh_rlhf, "preference"),
+    "gsm8k": (from_gsm8k, "rl"),
+    "ultrafeedback": (from_ultrafeedback, "preference"),
+}
+
+
+def _text_documents(path: Path) -> Iterator[dict]:
+    """Plain text: documents separated by blank lines."""
+    with open_text(path, "r") as handle:
+        lines = []
+        for line in handle:
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+            elif lines:
+                yield {"text": "\n".join(lines)}
+                lines = []
+        if lines:
+            yield {"text": "\n".join(lines)}
+
+
+def _lines(path: Path) -> Iterator[tuple[int, dict | str]]:
+    """(line number, row) for every non-blank line, or (line number, why it is not a row)."""
+    with open_text(path, "r") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            yield lineno, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+
+
+def _to_contract(fmt: str, row: dict | str) -> tuple[dict | None, str | None]:
+    """The row in the contract, or None and why not."""
+    if isinstance(row, str):
+        return None, row
+    to_contract, kind = CONVERTERS[fmt]
+    try:
+        converted = to_contract(row)
+    except ValueError as exc:
+        return None, str(exc)
+    if problem := SCHEMAS[kind](converted):
+        return None, f"{problem} after conversion"
+    if kind == "preference" and converted["chosen"] == converted["rejected"]:
+        return None, '"chosen" and "rejected" give the same answer'
+    return converted, None
+
+
+@dataclass
+class Conversion:
+    rows: int  # written to the output
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+
+    def report(self, source: Path, dest: Path, limit: int = 10) -> str:
+        line = f"convert: {self.rows} rows -> {dest}"
+        if self.skipped:
+            shown = "; ".join(f"line {lineno}: {why}" for lineno, why in self.skipped[:limit])
+            more = f"; and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+            line += f"\nconvert: skipped {len(self.skipped)} of {self.rows + len(self.skipped)} rows of {source}: " \
+                    f"{shown}{more}"
+        return line
+
+
+def convert(fmt: str, source: str | Path, dest: str | Path, strict: bool = False,
+            max_skipped: float = MAX_SKIPPED) -> Conversion:
+    """Convert `source` (JSONL or plain text, optionally .gz) into the contract at `dest`.
+
+    Every row is converted and validated before `dest` is renamed into place, so a failed conversion leaves no
+    `dest` (and an existing one untouched).
+    """
+    source, dest = Path(source), Path(dest)
+    if fmt != "text" and fmt not in CONVERTERS:
+        raise DataError(f"unknown format {fmt!r} (expected one of text, {', '.join(CONVERTERS)})")
+    if not 0 <= max_skipped < 1:
+        raise DataError(f"--max-skipped: expected a share from 0 to under 1, got {max_skipped}")
+    if not source.exists():
+        raise DataError(f"{source}: file not found")
+    rows, skipped = [], []
+    if fmt == "text":
+        rows = list(_text_documents(source))
+    else:
+        for lineno, row in _lines(source):
+            converted, why = _to_contract(fmt, row)
+            if why and strict:
+                raise DataError(f"{source}:{lineno}: {why} ({fmt} format)")
+            if why:
+                skipped.append((lineno, why))
+            else:
+                rows.append(converted)
+    total = len(rows) + len(skipped)
+    if not total:
+        raise DataError(f"{source}: no rows")
+    if len(skipped) > max_skipped * total:
+        lineno, why = skipped[0]
+        raise DataError(f"{source}: {len(skipped)} of {total} rows cannot be converted as {fmt} (more than "
+                        f"{max_skipped:.0%}: the wrong format or column?); the first, line {lineno}: {why}")
+    return Conversion(write_jsonl(dest, rows), skipped)

@@ -1,0 +1,209 @@
+"""`lab convert`: public dataset formats into the data contract, on files written here in each format's exact
+schema with the quirks real files carry (labs/core/convert.py)."""
+
+import gzip
+import json
+import random
+
+import pytest
+
+from labs.core.convert import convert
+from labs.core.data import DataError, read_jsonl
+from tests.conftest import ROOT, lab
+
+
+def jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+CASES = {
+    "alpaca": ({"instruction": "Add.", "input": "2 and 3", "output": "5"},
+               {"prompt": "Add.\n\n2 and 3", "completion": "5"}),
+    "dolly": ({"instruction": "Name it.", "context": "", "response": "Bo", "category": "qa"},
+              {"prompt": "Name it.", "completion": "Bo", "family": "qa"}),
+    "hh-rlhf": ({"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+                {"prompt": "\n\nHuman: hi\n\nAssistant:", "chosen": "hello", "rejected": "go away"}),
+    "gsm8k": ({"question": "1+1?", "answer": "One and one.\n#### 1,002"},
+              {"prompt": "1+1?", "answer": "1002", "solution": "One and one."}),
+    "ultrafeedback": ({"prompt": "q",
+                       "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+                       "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}],
+                       "score_chosen": 9.0},
+                      {"prompt": "q", "chosen": "good", "rejected": "bad"}),
+}
+BAD = {
+    "alpaca": ({"instruction": "x"}, 'missing field "output"'),
+    "dolly": ({"instruction": "x", "response": 1}, 'field "response" must be a string'),
+    "hh-rlhf": ({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: c\n\nAssistant: d"},
+                'share no dialogue up to an "Assistant:" turn'),
+    "gsm8k": ({"question": "q", "answer": "no marker"}, '"answer" must end with "#### <final answer>"'),
+    "ultrafeedback": ({"prompt": "q", "chosen": "text", "rejected": []}, 'field "chosen" must be a list'),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(CASES))
+def test_converters_map_public_formats_into_the_contract(tmp_path, fmt):
+    source, expected = CASES[fmt]
+    out = tmp_path / "out.jsonl"
+    assert convert(fmt, jsonl(tmp_path / "in.jsonl", [source]), out).rows == 1
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [expected]
+
+
+@pytest.mark.parametrize("fmt", sorted(BAD))
+def test_strict_stops_at_a_bad_row_without_output(tmp_path, fmt):
+    row, problem = BAD[fmt]
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(DataError) as info:
+        convert(fmt, jsonl(tmp_path / "in.jsonl", [CASES[fmt][0], row]), out, strict=True)
+    assert str(info.value).startswith(f"{tmp_path / 'in.jsonl'}:2: ") and problem in str(info.value)
+    assert not out.exists()
+
+
+def test_text_and_gzip(tmp_path):
+    source = tmp_path / "in.txt.gz"
+    with gzip.open(source, "wt") as f:
+        f.write("first doc\nline two\n\n\nsecond doc\n")
+    out = tmp_path / "out.jsonl.gz"
+    assert convert("text", source, out).rows == 2
+    assert read_jsonl(out, "text") == [{"text": "first doc\nline two"}, {"text": "second doc"}]
+    again = tmp_path / "again.jsonl.gz"
+    convert("text", source, again)
+    assert out.read_bytes() == again.read_bytes(), "gzip output must not embed a timestamp"
+
+
+# --- files in the real formats, a few hundred rows each, with the quirks of the real files ---------------------
+
+TURN = "\n\nAssistant:"
+WORDS = "the a cat dog river stone light paper green slow quick night city bread music".split()
+
+
+def sentence(rng: random.Random, n: int = 8) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def hh_rlhf_rows(rng: random.Random, n: int) -> list[dict]:
+    """Anthropic/hh-rlhf rows: 1 to 3 exchanges, the two dialogues differing in the last assistant reply."""
+    rows = []
+    for _ in range(n):
+        exchanges = rng.randint(0, 2)
+        dialogue = "".join(f"\n\nHuman: {sentence(rng)}{TURN} {sentence(rng)}" for _ in range(exchanges))
+        dialogue += f"\n\nHuman: {sentence(rng)}{TURN}"
+        rows.append({"chosen": f"{dialogue} Sure. {sentence(rng)}", "rejected": f"{dialogue} No. {sentence(rng)}"})
+    return rows
+
+
+def test_hh_rlhf_rows_that_part_before_the_last_reply_keep_the_shared_dialogue_as_prompt(tmp_path):
+    """harmless-base's test file holds rows whose two dialogues part before the last assistant turn (5 of 2,312):
+    the prompt is what they share up to an assistant turn, as TRL's extract_prompt takes the common prefix, and
+    each answer is the rest of its own dialogue. Rows that still fail are skipped and named by line."""
+    rng = random.Random(0)
+    rows = hh_rlhf_rows(rng, 300)
+    parted = {17, 120, 121, 250, 299}  # 0-based rows whose dialogues part at an earlier assistant reply
+    for i in parted:
+        first = f"\n\nHuman: {sentence(rng)}{TURN}"
+        rest = [f"{sentence(rng)}\n\nHuman: {sentence(rng)}{TURN} {sentence(rng)}" for _ in range(2)]
+        rows[i] = {"chosen": f"{first} Gladly. {rest[0]}", "rejected": f"{first} Never. {rest[1]}"}
+    rows[40] = {"chosen": rows[40]["chosen"], "rejected": rows[40]["chosen"]}  # the same dialogue twice
+    lines = [json.dumps(row) for row in rows]
+    lines[200] = lines[200][:57]  # a line cut short
+    source = tmp_path / "harmless-base-test.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "hh.jsonl"
+
+    proc = lab("convert", "hh-rlhf", str(source), str(out), cwd=ROOT)
+    converted = read_jsonl(out, "preference")
+    assert len(converted) == 298
+    assert proc.stdout.splitlines()[-1].startswith(
+        f'convert: skipped 2 of 300 rows of {source}: line 41: "chosen" and "rejected" give the same answer; '
+        "line 201: not valid JSON"), proc.stdout
+    originals = [(i, row) for i, row in enumerate(rows) if i not in (40, 200)]
+    assert len(converted) == len(originals) == 298, "the rows in their order, less the two skipped"
+    for (i, row), got in zip(originals, converted, strict=True):
+        if i in parted:  # the prompt is the first exchange, which both share; each answer the rest of its dialogue
+            first = row["chosen"][:row["chosen"].index(TURN) + len(TURN)]
+            assert got["prompt"] == first and got["chosen"].startswith("Gladly.") and \
+                got["rejected"].startswith("Never."), got
+            assert "\n\nHuman:" in got["chosen"] and "\n\nHuman:" in got["rejected"], "turns and all"
+        else:  # everything up to the last assistant turn, then each reply
+            cut = row["chosen"].rindex(TURN) + len(TURN)
+            assert got == {"prompt": row["chosen"][:cut], "chosen": row["chosen"][cut:].strip(),
+                           "rejected": row["rejected"][cut:].strip()}
+
+    before = out.read_bytes()
+    proc = lab("convert", "hh-rlhf", str(source), str(out), "--strict", cwd=ROOT, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        f'error: {source}:41: "chosen" and "rejected" give the same answer (hh-rlhf format)'
+    assert out.read_bytes() == before, "a failed conversion leaves the earlier output as it was"
+
+
+def test_gsm8k_ultrafeedback_alpaca_and_dolly_files_convert_with_their_quirks(tmp_path):
+    rng = random.Random(1)
+    gsm8k = []
+    for _ in range(200):
+        a, b = rng.randint(100, 999), rng.randint(1000, 9999)
+        gsm8k.append({"question": f"Sam has {a} apples and buys {b} more. How many now?",
+                      "answer": f"Sam has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} apples.\n#### {a + b:,}"})
+    gsm8k[77]["answer"] = "The answer is 12."  # no #### line
+    ultra = []
+    for i in range(200):
+        prompt, good, bad = sentence(rng), sentence(rng), sentence(rng)
+        ultra.append({"prompt": prompt, "prompt_id": f"{i:064x}",
+                      "chosen": [{"content": prompt, "role": "user"}, {"content": good, "role": "assistant"}],
+                      "rejected": [{"content": prompt, "role": "user"}, {"content": bad, "role": "assistant"}],
+                      "messages": [{"content": prompt, "role": "user"}, {"content": good, "role": "assistant"}],
+                      "score_chosen": 8.0, "score_rejected": 5.0})
+    ultra[5]["rejected"] = ultra[5]["chosen"]  # a tie the binarizing kept
+    alpaca = [{"instruction": sentence(rng), "input": "" if i % 3 else sentence(rng), "output": sentence(rng),
+               "text": "Below is an instruction ..."} for i in range(200)]
+    dolly = [{"instruction": sentence(rng), "context": sentence(rng) if i % 2 else "", "response": sentence(rng),
+              "category": rng.choice(["open_qa", "closed_qa", "summarization"])} for i in range(200)]
+
+    out = tmp_path / "gsm8k.jsonl"
+    result = convert("gsm8k", jsonl(tmp_path / "gsm8k-train.jsonl", gsm8k), out)
+    assert result.rows == 199 and result.skipped == [(78, '"answer" must end with "#### <final answer>"')]
+    rows = read_jsonl(out, "rl")
+    assert all("," not in row["answer"] and int(row["answer"]) >= 1100 for row in rows), "thousands joined up"
+    assert rows[0]["solution"].startswith("Sam has") and "####" not in rows[0]["solution"]
+
+    result = convert("ultrafeedback", jsonl(tmp_path / "ultra.jsonl", ultra), tmp_path / "ultra-out.jsonl")
+    assert result.rows == 199 and result.skipped == [(6, '"chosen" and "rejected" give the same answer')]
+    assert read_jsonl(tmp_path / "ultra-out.jsonl", "preference")[0] == \
+        {"prompt": ultra[0]["prompt"], "chosen": ultra[0]["chosen"][1]["content"],
+         "rejected": ultra[0]["rejected"][1]["content"]}
+
+    convert("alpaca", jsonl(tmp_path / "alpaca.jsonl", alpaca), tmp_path / "alpaca-out.jsonl")
+    rows = read_jsonl(tmp_path / "alpaca-out.jsonl", "sft")
+    assert rows[1]["prompt"] == alpaca[1]["instruction"], "an empty input leaves the instruction alone"
+    assert rows[0]["prompt"] == f"{alpaca[0]['instruction']}\n\n{alpaca[0]['input']}"
+
+    convert("dolly", jsonl(tmp_path / "dolly.jsonl", dolly), tmp_path / "dolly-out.jsonl")
+    rows = read_jsonl(tmp_path / "dolly-out.jsonl", "sft")
+    assert rows[1]["prompt"] == f"{dolly[1]['instruction']}\n\n{dolly[1]['context']}" and rows[0]["prompt"] == \
+        dolly[0]["instruction"]
+    assert {row["family"] for row in rows} <= {"open_qa", "closed_qa", "summarization"}
+
+
+def test_a_file_of_another_format_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    """Most rows failing is a wrong format or column, not quirks: the share allowed is 10% unless given."""
+    dolly = [{"instruction": f"Say {i}.", "context": "", "response": str(i), "category": "open_qa"} for i in range(50)]
+    source = jsonl(tmp_path / "dolly.jsonl", dolly)
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous\n")
+    proc = lab("convert", "alpaca", str(source), str(out), cwd=ROOT, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: {source}: 50 of 50 rows cannot be converted as alpaca (more than 10%: "
+                                   'the wrong format or column?); the first, line 1: missing field "output"')
+    assert out.read_text() == "previous\n"
+
+    # a few bad rows pass under the default share and fail under a smaller one
+    source = jsonl(tmp_path / "alpaca.jsonl", [CASES["alpaca"][0]] * 19 + [{"instruction": "x"}])
+    assert lab("convert", "alpaca", str(source), str(out), cwd=ROOT).returncode == 0
+    assert len(read_jsonl(out, "sft")) == 19
+    proc = lab("convert", "alpaca", str(source), str(out), "--max-skipped", "0.01", cwd=ROOT, check=False)
+    assert proc.returncode == 2 and "1 of 20 rows cannot be converted as alpaca (more than 1%" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = lab("convert", "alpaca", str(source), str(out), "--max-skipped", "lots", cwd=ROOT, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --max-skipped: expected a share such as 0.1, got lots"
+    assert len(read_jsonl(out, "sft")) == 19, "a refused conversion leaves the earlier output"

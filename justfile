@@ -236,9 +236,9 @@ label PORT="8010": _env _data
     echo "judgements recorded in data/labels/judgements.jsonl.dvc: commit it (and \`dvc push\` to share them)" >&2
     exit $status
 
-# regenerate the task world into data/raw and record its hash in data.dvc
-data: _env
-    python -m labs data
+# regenerate the task world into data/raw (`-S data.source=real`: the real datasets) and record its hash in data.dvc
+data *ARGS: _env
+    python -m labs data {{ARGS}}
     dvc commit --force --quiet data.dvc
 
 # the whole curriculum through DVC

@@ -29,8 +29,8 @@ def _usage() -> str:
     lines = [f"  {name:<{width}}  {doc}" for name, doc in LABS.items()]
     return (
         "usage: lab NAME [-S KEY=VALUE ...] [--params FILE]\n"
-        "       lab convert FORMAT IN.jsonl[.gz] OUT.jsonl[.gz] [--strict] [--max-skipped SHARE]\n\nlabs:\n" + "\n".join(lines)
-        + "\n\n`lab NAME --help` explains one lab."
+        "       lab convert FORMAT IN.jsonl[.gz] OUT.jsonl[.gz] [--strict] [--max-skipped SHARE]\n\nlabs:\n"
+        + "\n".join(lines) + "\n\n`lab NAME --help` explains one lab."
     )
 
 

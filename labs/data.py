@@ -35,13 +35,16 @@ prompts with gold answers. Held-out files (`*_test.jsonl`) are drawn first and n
 included, contains one of their task instances.
 
 Everything derives from `seed` through string-seeded RNGs, so regenerating gives the same bytes and
-data.dvc holds without a DVC remote. GPU tiers replace these files with real datasets converted by
-`lab convert`.
+data.dvc holds without a DVC remote. `-S data.source=real` replaces the corpus, SFT, preference and RL files
+with the datasets of `data.real` (the seeds' choices: hub ids at a revision, local directories laid out as
+the hub's, or local files), converted as `lab convert` does, drawn to each kind's budget, and named with the
+commit read in data/raw/sources.json; the domain, long-addition and safety files stay the task world's.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import operator
 import random
 import string
@@ -51,7 +54,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from labs.core.config import SEED, Section, Seed
+from labs.core.config import PARAMS_FILE, SEED, ConfigError, Section, Seed
+from labs.core.convert import FORMATS, dataset_rows
 from labs.core.data import write_jsonl
 from labs.core.run import atomic_path
 from labs.core.safety import REFUSAL
@@ -90,6 +94,42 @@ class SafetyParams(Section):
     """pairs for a harmlessness judge: refusal over compliance when harmful, answer over refusal when benign"""
 
 
+class RealSource(Section):
+    dataset: str
+    """a hub dataset id, a local directory laid out as one, or a local file (.jsonl[.gz]; text: also .txt)"""
+    format: Literal["text", "alpaca", "dolly", "hh-rlhf", "gsm8k", "ultrafeedback"]
+    """the format of its rows: one of `lab convert`'s"""
+    config: str | None = None
+    """the dataset's config (gsm8k: main)"""
+    data_dir: str | None = None
+    """the dataset's directory to read (hh-rlhf: harmless-base)"""
+    revision: str | None = None
+    """the hub commit to read; null: the newest, resolved first and recorded in data/raw/sources.json"""
+    split: str = "train"
+    """the split the training rows are drawn from"""
+    test: str | None = None
+    """the held-out split (for a local file: another file); null: carved from `split`, apart from the training rows"""
+    rows: int = Field(2000, gt=0)
+    """training rows kept: a seeded draw, the tier's budget"""
+    test_rows: int = Field(100, ge=0)
+    """held-out rows kept"""
+
+
+class RealParams(Section):
+    """The seeds' datasets per kind of file; `-S data.source=real` reads them in place of the task world's."""
+
+    corpus: RealSource | None = RealSource(dataset="Salesforce/wikitext", config="wikitext-2-raw-v1", format="text",
+                                           rows=20000, test_rows=0)
+    """the pretraining corpus: one document per non-empty row"""
+    sft: RealSource | None = RealSource(dataset="tatsu-lab/alpaca", format="alpaca")
+    """instruction pairs"""
+    preference: RealSource | None = RealSource(dataset="Anthropic/hh-rlhf", data_dir="harmless-base",
+                                               format="hh-rlhf", test="test", rows=3000)
+    """chosen / rejected pairs"""
+    rl: RealSource | None = RealSource(dataset="openai/gsm8k", config="main", format="gsm8k", test="test")
+    """prompts with checkable answers"""
+
+
 class DataParams(Section):
     families: list[Literal["add", "compare", "sort", "reverse"]] = ["add", "compare", "sort", "reverse"]
     """task families generated (add, compare, sort, reverse)"""
@@ -109,6 +149,10 @@ class DataParams(Section):
     """long additions with worked steps (cot, curriculum)"""
     safety: SafetyParams = SafetyParams()
     """requests that must be refused and benign look-alikes that must not (the alignment-from-feedback labs)"""
+    source: Literal["task_world", "real"] = "task_world"
+    """task_world: generated here; real: the datasets of `real` replace its corpus, sft, preference and rl files"""
+    real: RealParams = RealParams()
+    """the datasets per kind when source is real (a kind set to null keeps the task world's file)"""
 
 
 class Params(Section):
@@ -442,11 +486,56 @@ def generate(params: Params) -> dict[str, list[dict]]:
     return files | domain(params) | arith(params) | safety(params)
 
 
+KINDS = {"corpus": "text", "sft": "sft", "preference": "preference", "rl": "rl"}  # file -> contract kind
+
+
+def real_files(params: Params) -> tuple[dict[str, list[dict]], dict]:
+    """The files of `data.real`'s datasets (each kind's rows and held-out rows, seeded draws of the tier's
+    budget), and what was read: dataset, revision and the rows skipped, for data/raw/sources.json."""
+    files, sources = {}, {}
+    for kind, source in params.data.real:
+        if source is None:
+            continue
+        key = f"{PARAMS_FILE}: data.real.{kind}"
+        if FORMATS[source.format] != KINDS[kind]:
+            raise ConfigError(f"{key}.format: {source.format} gives {FORMATS[source.format]} rows, not {KINDS[kind]}")
+        read = functools.partial(dataset_rows, source.format, config=source.config, data_dir=source.data_dir,
+                                 revision=source.revision)
+        rows, skipped, revision = read(source.dataset, source.split, where=key)
+        random.Random(f"{params.seed}:real-{kind}").shuffle(rows)
+        if source.test is None:  # carved first, so that no held-out row is trained on
+            test, rows = rows[:source.test_rows], rows[source.test_rows:]
+        else:
+            local = Path(source.dataset).is_file()
+            test, test_skipped, _ = read(source.test if local else source.dataset, source.test, where=f"{key}.test")
+            random.Random(f"{params.seed}:real-{kind}-test").shuffle(test)
+            skipped += [(f"{source.test} {n}", why) for n, why in test_skipped]
+        if len(rows) < source.rows or len(test) < source.test_rows:
+            raise ConfigError(f"{key}: asks for {source.rows} rows and {source.test_rows} held out; "
+                              f"{source.dataset} gives {len(rows)} and {len(test)}")
+        files[kind] = rows[:source.rows]
+        if kind != "corpus":
+            files[f"{kind}_test"] = test[:source.test_rows]
+        sources[kind] = {**source.model_dump(), "revision": revision, "skipped": len(skipped),
+                         "skipped_rows": [f"{n}: {why}" for n, why in skipped[:20]]}
+        note = f"; skipped {len(skipped)} (first: {sources[kind]['skipped_rows'][0]})" if skipped else ""
+        print(f"data: {kind} from {source.dataset}{f'@{revision[:12]}' if revision else ''}: "
+              f"{source.rows} rows, {source.test_rows} held out{note}")
+    return files, sources
+
+
 def run(params: Params) -> dict:
+    files = generate(params)
+    sources = {}
+    if params.data.source == "real":  # read first: a failure leaves data/raw as it was
+        real, sources = real_files(params)
+        files |= real
     counts = {}
     with atomic_path(RAW) as tmp:  # all files or none: a failure keeps the previous data/raw whole
         tmp.mkdir()
-        for name, rows in generate(params).items():
+        for name, rows in files.items():
             counts[name] = write_jsonl(tmp / f"{name}.jsonl", rows)
+        if sources:  # which commit of which dataset gave these files, tracked with them by data.dvc
+            (tmp / "sources.json").write_text(json.dumps(sources, indent=2, sort_keys=True) + "\n")
     print(f"data: wrote {', '.join(f'{n}={c}' for n, c in counts.items())} rows to {RAW}/")
     return {}  # the data lab records nothing but its files: data.dvc holds their hash

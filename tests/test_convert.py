@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import yaml
 
 from labs.core.convert import convert
 from labs.core.data import DataError, read_jsonl
@@ -207,3 +208,112 @@ def test_a_file_of_another_format_is_one_line_exit_2_and_writes_nothing(tmp_path
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --max-skipped: expected a share such as 0.1, got lots"
     assert len(read_jsonl(out, "sft")) == 19, "a refused conversion leaves the earlier output"
+
+
+# --- `data.source: real`: the data lab reads datasets in place of the task world's files ------------------------
+
+def hub_like(root, rng: random.Random):
+    """Local directories laid out as the hub's repositories (no network here): hh-rlhf's per-subset gzipped JSONL
+    (`harmless-base/train.jsonl.gz`), gsm8k's parquet files under a README's `main` config."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    hh = root / "Anthropic__hh-rlhf"
+    for subset in ("harmless-base", "helpful-base"):
+        (hh / subset).mkdir(parents=True)
+        for split, n in (("train", 300), ("test", 60)):
+            rows = hh_rlhf_rows(rng, n)
+            if subset == "harmless-base" and split == "train":
+                rows[9] = {"chosen": rows[9]["chosen"], "rejected": rows[9]["chosen"]}  # a tie: skipped
+            with gzip.open(hh / subset / f"{split}.jsonl.gz", "wt") as f:
+                f.write("".join(json.dumps(row) + "\n" for row in rows))
+    gsm = root / "openai__gsm8k"
+    (gsm / "main").mkdir(parents=True)
+    (gsm / "README.md").write_text("---\nconfigs:\n- config_name: main\n  data_files:\n  - split: train\n"
+                                   "    path: main/train-*\n  - split: test\n    path: main/test-*\n---\n")
+    for split, n in (("train", 200), ("test", 50)):
+        numbers = [(rng.randint(100, 999), rng.randint(1000, 9999)) for _ in range(n)]
+        table = pa.table({"question": [f"What is {a} plus {b}?" for a, b in numbers],
+                          "answer": [f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b:,}" for a, b in numbers]})
+        pq.write_table(table, gsm / "main" / f"{split}-00000-of-00001.parquet")
+    return hh, gsm
+
+
+def real_params(ws, **sources) -> None:
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["data"]["source"] = "real"
+    params["data"]["real"] = sources
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(workspace, tmp_path):
+    rng = random.Random(2)
+    hh, gsm = hub_like(tmp_path / "hub", rng)
+    alpaca = jsonl(tmp_path / "alpaca_data.jsonl", [
+        {"instruction": sentence(rng), "input": "" if i % 2 else sentence(rng), "output": sentence(rng)}
+        for i in range(300)])
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"{sentence(rng)}\n{sentence(rng)}" for _ in range(150)) + "\n")
+    real_params(workspace,
+                corpus={"dataset": str(corpus), "format": "text", "rows": 100, "test_rows": 0},
+                sft={"dataset": str(alpaca), "format": "alpaca", "rows": 200, "test_rows": 50},
+                preference={"dataset": str(hh), "data_dir": "harmless-base", "format": "hh-rlhf", "test": "test",
+                            "rows": 200, "test_rows": 40},
+                rl={"dataset": str(gsm), "config": "main", "format": "gsm8k", "test": "test", "rows": 150,
+                    "test_rows": 30})
+    env = {"HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    untouched = {p.name: p.read_bytes() for p in (workspace / "data/raw").glob("*.jsonl")
+                 if p.stem.startswith(("domain", "arith", "safety"))}
+
+    proc = lab("data", cwd=workspace, env=env)
+    raw = workspace / "data/raw"
+    counts = {name: len(read_jsonl(raw / f"{name}.jsonl", kind)) for name, kind in (
+        ("corpus", "text"), ("sft", "sft"), ("sft_test", "sft"), ("preference", "preference"),
+        ("preference_test", "preference"), ("rl", "rl"), ("rl_test", "rl"))}
+    assert counts == {"corpus": 100, "sft": 200, "sft_test": 50, "preference": 200, "preference_test": 40, "rl": 150,
+                      "rl_test": 30}, proc.stdout
+    sft, held_out = read_jsonl(raw / "sft.jsonl", "sft"), read_jsonl(raw / "sft_test.jsonl", "sft")
+    assert not {row["prompt"] for row in sft} & {row["prompt"] for row in held_out}, "carved apart"
+    assert all(row["answer"] == str(int(row["answer"])) for row in read_jsonl(raw / "rl_test.jsonl", "rl"))
+    sources = json.loads((raw / "sources.json").read_text())
+    assert sources["preference"]["skipped"] == 1 and sources["preference"]["revision"] is None, "local: no commit"
+    assert sources["preference"]["skipped_rows"] == ['10: "chosen" and "rejected" give the same answer']
+    assert "data: preference from" in proc.stdout and "skipped 1" in proc.stdout
+    assert {p.name: p.read_bytes() for p in raw.glob("*.jsonl") if p.stem.startswith(("domain", "arith", "safety"))} \
+        == untouched, "the files no real kind replaces stay the task world's"
+
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    lab("data", cwd=workspace, env=env)
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before, "the same draw: data.dvc stays exact"
+
+    proc = lab("prepare", cwd=workspace)
+    assert "preference_test=40" in proc.stdout and "rl_test=30" in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"preference": {"test": "validation"}}, "data.real.preference.test: {hh} has no split 'validation'"),
+    ({"sft": {"format": "dolly"}}, "data.real.sft ({alpaca}): 300 of 300 rows cannot be converted as dolly "
+                                   "(more than 10%: the wrong format or column?); the first, line 1: "
+                                   'missing field "response"'),
+    ({"rl": {"format": "hh-rlhf"}}, "data.real.rl.format: hh-rlhf gives preference rows, not rl"),
+    ({"sft": {"rows": 400}}, "data.real.sft: asks for 400 rows and 50 held out; {alpaca} gives 250 and 50"),
+    ({"sft": {"dataset": "tatsu-lab/alpaca"}}, "data.real.sft: cannot resolve 'tatsu-lab/alpaca' on the hub"),
+])
+def test_a_bad_real_source_is_one_line_and_leaves_data_raw_as_it_was(workspace, tmp_path, change, expected):
+    rng = random.Random(3)
+    hh, _ = hub_like(tmp_path / "hub", rng)
+    alpaca = jsonl(tmp_path / "alpaca.jsonl", [{"instruction": sentence(rng), "input": "", "output": sentence(rng)}
+                                               for _ in range(300)])
+    sources = {"sft": {"dataset": str(alpaca), "format": "alpaca", "rows": 200, "test_rows": 50},
+               "preference": {"dataset": str(hh), "data_dir": "harmless-base", "format": "hh-rlhf", "test": "test",
+                              "rows": 100, "test_rows": 20},
+               "rl": None, "corpus": None}
+    for kind, keys in change.items():
+        sources[kind] = {**(sources[kind] or {"dataset": str(alpaca), "format": "gsm8k"}), **keys}
+    real_params(workspace, **sources)
+    before = {p.name: p.read_bytes() for p in (workspace / "data/raw").iterdir()}
+    proc = lab("data", cwd=workspace, check=False, env={"HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.strip().startswith(f"error: params.yaml: {expected.format(hh=hh, alpaca=alpaca)}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert {p.name: p.read_bytes() for p in (workspace / "data/raw").iterdir()} == before

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +103,7 @@ CONVERTERS: dict[str, tuple[Callable[[dict], dict], str]] = {
     "gsm8k": (from_gsm8k, "rl"),
     "ultrafeedback": (from_ultrafeedback, "preference"),
 }
+FORMATS = {"text": "text", **{fmt: kind for fmt, (_, kind) in CONVERTERS.items()}}  # format -> contract kind
 
 
 def _text_documents(path: Path) -> Iterator[dict]:
@@ -133,13 +134,20 @@ def _lines(path: Path) -> Iterator[tuple[int, dict | str]]:
             yield lineno, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
 
 
+BLANK = {}  # a dataset's empty text row (wikitext holds one between paragraphs): dropped, not a failure
+
+
 def _to_contract(fmt: str, row: dict | str) -> tuple[dict | None, str | None]:
     """The row in the contract, or None and why not."""
     if isinstance(row, str):
         return None, row
-    to_contract, kind = CONVERTERS[fmt]
+    if fmt == "text":  # a dataset's rows with a `text` column
+        if problem := require_str(row, ("text",)):
+            return None, problem
+        return ({"text": row["text"].strip()} if row["text"].strip() else BLANK), None
+    converter, kind = CONVERTERS[fmt]
     try:
-        converted = to_contract(row)
+        converted = converter(row)
     except ValueError as exc:
         return None, str(exc)
     if problem := SCHEMAS[kind](converted):
@@ -164,6 +172,31 @@ class Conversion:
         return line
 
 
+def to_contract(fmt: str, numbered: Iterable[tuple[int, dict | str]], where: str, strict: bool = False,
+                max_skipped: float = MAX_SKIPPED, unit: str = "line") -> tuple[list[dict], list[tuple[int, str]]]:
+    """The rows in the contract and the (number, why) of those skipped. `numbered` yields (line or row number,
+    row or why it is not one); `where` names the file or dataset in errors."""
+    if not 0 <= max_skipped < 1:
+        raise DataError(f"--max-skipped: expected a share from 0 to under 1, got {max_skipped}")
+    rows, skipped = [], []
+    for number, row in numbered:
+        converted, why = _to_contract(fmt, row)
+        if why and strict:
+            raise DataError(f"{where}:{number}: {why} ({fmt} format)")
+        if why:
+            skipped.append((number, why))
+        elif converted is not BLANK:
+            rows.append(converted)
+    total = len(rows) + len(skipped)
+    if not total:
+        raise DataError(f"{where}: no rows")
+    if len(skipped) > max_skipped * total:
+        number, why = skipped[0]
+        raise DataError(f"{where}: {len(skipped)} of {total} rows cannot be converted as {fmt} (more than "
+                        f"{max_skipped:.0%}: the wrong format or column?); the first, {unit} {number}: {why}")
+    return rows, skipped
+
+
 def convert(fmt: str, source: str | Path, dest: str | Path, strict: bool = False,
             max_skipped: float = MAX_SKIPPED) -> Conversion:
     """Convert `source` (JSONL or plain text, optionally .gz) into the contract at `dest`.
@@ -172,29 +205,56 @@ def convert(fmt: str, source: str | Path, dest: str | Path, strict: bool = False
     `dest` (and an existing one untouched).
     """
     source, dest = Path(source), Path(dest)
-    if fmt != "text" and fmt not in CONVERTERS:
-        raise DataError(f"unknown format {fmt!r} (expected one of text, {', '.join(CONVERTERS)})")
-    if not 0 <= max_skipped < 1:
-        raise DataError(f"--max-skipped: expected a share from 0 to under 1, got {max_skipped}")
+    if fmt not in FORMATS:
+        raise DataError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     if not source.exists():
         raise DataError(f"{source}: file not found")
-    rows, skipped = [], []
     if fmt == "text":
-        rows = list(_text_documents(source))
+        rows, skipped = list(_text_documents(source)), []
+        if not rows:
+            raise DataError(f"{source}: no rows")
     else:
-        for lineno, row in _lines(source):
-            converted, why = _to_contract(fmt, row)
-            if why and strict:
-                raise DataError(f"{source}:{lineno}: {why} ({fmt} format)")
-            if why:
-                skipped.append((lineno, why))
-            else:
-                rows.append(converted)
-    total = len(rows) + len(skipped)
-    if not total:
-        raise DataError(f"{source}: no rows")
-    if len(skipped) > max_skipped * total:
-        lineno, why = skipped[0]
-        raise DataError(f"{source}: {len(skipped)} of {total} rows cannot be converted as {fmt} (more than "
-                        f"{max_skipped:.0%}: the wrong format or column?); the first, line {lineno}: {why}")
+        rows, skipped = to_contract(fmt, _lines(source), str(source), strict, max_skipped)
     return Conversion(write_jsonl(dest, rows), skipped)
+
+
+def dataset_rows(fmt: str, dataset: str, split: str, *, config: str | None = None, data_dir: str | None = None,
+                 revision: str | None = None, where: str = "") -> tuple[list[dict], list[tuple[int, str]], str | None]:
+    """One split of a dataset in the contract: the rows, those skipped, and the hub commit read (None when local).
+
+    `dataset` is a local file (one split: `split` is not read), a local directory laid out as a hub dataset
+    (data files per split, or a README's `configs`), or a hub dataset id, read at `revision`; without one, the
+    newest commit is resolved first so that what was read can be named and pinned."""
+    where = where or dataset
+    path = Path(dataset)
+    if path.is_file():
+        if fmt == "text" and not path.name.endswith((".jsonl", ".jsonl.gz")):
+            return list(_text_documents(path)), [], None
+        return (*to_contract(fmt, _lines(path), f"{where} ({path})" if where != dataset else dataset), None)
+    # imported here: the task world never reads a dataset
+    import datasets
+    from huggingface_hub import HfApi
+
+    local = path.is_dir()
+    if not local and revision is None:
+        try:
+            revision = HfApi().dataset_info(dataset).sha
+        except Exception as exc:  # offline, unknown id, no access: one line that names the key
+            raise DataError(f"{where}: cannot resolve {dataset!r} on the hub ({_first_line(exc)}); pin a "
+                            f"revision, or give a local file or directory") from None
+    try:
+        rows = datasets.load_dataset(dataset, name=config, data_dir=data_dir, split=split,
+                                     revision=None if local else revision)
+    except ValueError as exc:
+        if "split" in str(exc).lower():
+            raise DataError(f"{where}: {dataset} has no split {split!r} ({_first_line(exc)})") from None
+        raise DataError(f"{where}: cannot load {dataset}: {_first_line(exc)}") from None
+    except Exception as exc:
+        raise DataError(f"{where}: cannot load {dataset}: {_first_line(exc)}") from None
+    numbered = enumerate(rows, start=1)
+    return (*to_contract(fmt, numbered, f"{where} ({dataset} {split})", unit="row"), None if local else revision)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

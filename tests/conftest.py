@@ -41,9 +41,10 @@ TINY = {
     "objectives": {"tokens": 61440, "warmup_steps": 5,
                    "probe": {"train_pairs": 300, "test_pairs": 100, "max_steps": 10, "seeds": [1337]}},
     # embeddings: one seed of short runs on fewer towns; the encoder's beats mean pooling (test_embeddings.py), the
-    # causal body's is not asserted (at 60 steps its recall stayed where it started)
-    "embeddings": {"train_towns": 200, "test_towns": 50, "seeds": [1337], "encoder_simcse": {"steps": 20},
-                   "encoder_supervised": {"steps": 60}, "causal_supervised": {"steps": 20}},
+    # SimCSE and causal rows are not asserted (at 60 steps the causal recall stayed where it started): 5 steps each
+    # show they train (the stage alone: 71 -> 44 s, the asserted rows' recall the same)
+    "embeddings": {"train_towns": 200, "test_towns": 50, "seeds": [1337], "encoder_simcse": {"steps": 5},
+                   "encoder_supervised": {"steps": 60}, "causal_supervised": {"steps": 5}},
     # rag: a small store and a short reading fine-tune (what the tests assert of it holds after a few steps: the
     # 4-layer tiny model needs hundreds of steps before it copies a fact; the full run measures that)
     "rag": {"train_towns": 100, "test_questions": 1, "top_k": [1, 3], "latency_queries": 4,

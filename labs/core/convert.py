@@ -15,13 +15,12 @@ than `max_skipped` of the rows fail is an error: that is a wrong format or a wro
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labs.core.data import SCHEMAS, DataError, check_messages, open_text, require_str, write_jsonl
+from labs.core.data import SCHEMAS, DataError, check_messages, numbered_rows, open_text, require_str, write_jsonl
 
 MAX_SKIPPED = 0.1  # the share of rows a file may lose to quirks before it is taken for the wrong format
 
@@ -120,20 +119,6 @@ def _text_documents(path: Path) -> Iterator[dict]:
             yield {"text": "\n".join(lines)}
 
 
-def _lines(path: Path) -> Iterator[tuple[int, dict | str]]:
-    """(line number, row) for every non-blank line, or (line number, why it is not a row)."""
-    with open_text(path, "r") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            yield lineno, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
-
-
 BLANK = {}  # a dataset's empty text row (wikitext holds one between paragraphs): dropped, not a failure
 
 
@@ -214,7 +199,7 @@ def convert(fmt: str, source: str | Path, dest: str | Path, strict: bool = False
         if not rows:
             raise DataError(f"{source}: no rows")
     else:
-        rows, skipped = to_contract(fmt, _lines(source), str(source), strict, max_skipped)
+        rows, skipped = to_contract(fmt, numbered_rows(source), str(source), strict, max_skipped)
     return Conversion(write_jsonl(dest, rows), skipped)
 
 
@@ -230,7 +215,7 @@ def dataset_rows(fmt: str, dataset: str, split: str, *, config: str | None = Non
     if path.is_file():
         if fmt == "text" and not path.name.endswith((".jsonl", ".jsonl.gz")):
             return list(_text_documents(path)), [], None
-        return (*to_contract(fmt, _lines(path), f"{where} ({path})" if where != dataset else dataset), None)
+        return (*to_contract(fmt, numbered_rows(path), f"{where} ({path})" if where != dataset else dataset), None)
     # imported here: the task world never reads a dataset
     import datasets
     from huggingface_hub import HfApi

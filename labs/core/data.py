@@ -72,8 +72,8 @@ SCHEMAS: dict[str, Callable[[dict], str | None]] = {
 }
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, row) for every non-blank line; a line that is not a JSON object is a DataError."""
+def numbered_rows(path: str | Path) -> Iterator[tuple[int, dict | str]]:
+    """(line number, row) for every non-blank line, or (line number, why the line is not a JSON object)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -84,10 +84,17 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+                yield lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            yield lineno, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for every non-blank line; a line that is not a JSON object is a DataError."""
+    for lineno, row in numbered_rows(path):
+        if isinstance(row, str):
+            raise DataError(f"{path}:{lineno}: {row}")
+        yield lineno, row
 
 
 def read_jsonl(path: str | Path, kind: str) -> list[dict]:

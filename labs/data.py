@@ -502,6 +502,8 @@ def real_files(params: Params) -> tuple[dict[str, list[dict]], dict]:
         read = functools.partial(dataset_rows, source.format, config=source.config, data_dir=source.data_dir,
                                  revision=source.revision)
         rows, skipped, revision = read(source.dataset, source.split, where=key)
+        if revision:  # the held-out split from the same commit, not the newest again
+            read = functools.partial(read, revision=revision)
         random.Random(f"{params.seed}:real-{kind}").shuffle(rows)
         if source.test is None:  # carved first, so that no held-out row is trained on
             test, rows = rows[:source.test_rows], rows[source.test_rows:]

@@ -317,3 +317,13 @@ def test_a_bad_real_source_is_one_line_and_leaves_data_raw_as_it_was(workspace, 
     assert proc.stderr.strip().startswith(f"error: params.yaml: {expected.format(hh=hh, alpaca=alpaca)}"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert {p.name: p.read_bytes() for p in (workspace / "data/raw").iterdir()} == before
+
+
+def test_a_text_column_drops_its_empty_rows_without_counting_them_as_failures(tmp_path):
+    """wikitext's rows hold one paragraph each and an empty row between them: those are not failures."""
+    from labs.core.convert import dataset_rows
+
+    rows = [{"text": ""}, {"text": " = Title = \n"}] + [{"text": ""}, {"text": "A paragraph."}] * 10 + [{"text": 3}]
+    got, skipped, revision = dataset_rows("text", str(jsonl(tmp_path / "wiki.jsonl", rows)), "train")
+    assert got == [{"text": "= Title ="}] + [{"text": "A paragraph."}] * 10 and revision is None
+    assert skipped == [(23, 'field "text" must be a string, got int')], "1 of 12: under the 10% a file may lose"

@@ -119,17 +119,15 @@ def _text_documents(path: Path) -> Iterator[dict]:
             yield {"text": "\n".join(lines)}
 
 
-BLANK = {}  # a dataset's empty text row (wikitext holds one between paragraphs): dropped, not a failure
-
-
-def _to_contract(fmt: str, row: dict | str) -> tuple[dict | None, str | None]:
-    """The row in the contract, or None and why not."""
+def _convert_row(fmt: str, row: dict | str) -> tuple[dict | None, str | None]:
+    """The row in the contract, or None and why not; (None, None) for an empty text row (wikitext holds one
+    between paragraphs), which is dropped, not counted as a failure."""
     if isinstance(row, str):
         return None, row
     if fmt == "text":  # a dataset's rows with a `text` column
         if problem := require_str(row, ("text",)):
             return None, problem
-        return ({"text": row["text"].strip()} if row["text"].strip() else BLANK), None
+        return ({"text": row["text"].strip()} if row["text"].strip() else None), None
     converter, kind = CONVERTERS[fmt]
     try:
         converted = converter(row)
@@ -165,12 +163,12 @@ def to_contract(fmt: str, numbered: Iterable[tuple[int, dict | str]], where: str
         raise DataError(f"--max-skipped: expected a share from 0 to under 1, got {max_skipped}")
     rows, skipped = [], []
     for number, row in numbered:
-        converted, why = _to_contract(fmt, row)
+        converted, why = _convert_row(fmt, row)
         if why and strict:
             raise DataError(f"{where}:{number}: {why} ({fmt} format)")
         if why:
             skipped.append((number, why))
-        elif converted is not BLANK:
+        elif converted is not None:
             rows.append(converted)
     total = len(rows) + len(skipped)
     if not total:
@@ -210,12 +208,12 @@ def dataset_rows(fmt: str, dataset: str, split: str, *, config: str | None = Non
     `dataset` is a local file (one split: `split` is not read), a local directory laid out as a hub dataset
     (data files per split, or a README's `configs`), or a hub dataset id, read at `revision`; without one, the
     newest commit is resolved first so that what was read can be named and pinned."""
-    where = where or dataset
     path = Path(dataset)
     if path.is_file():
         if fmt == "text" and not path.name.endswith((".jsonl", ".jsonl.gz")):
             return list(_text_documents(path)), [], None
-        return (*to_contract(fmt, numbered_rows(path), f"{where} ({path})" if where != dataset else dataset), None)
+        return (*to_contract(fmt, numbered_rows(path), f"{where} ({path})" if where else dataset), None)
+    where = where or dataset
     # imported here: the task world never reads a dataset
     import datasets
     from huggingface_hub import HfApi
@@ -230,11 +228,9 @@ def dataset_rows(fmt: str, dataset: str, split: str, *, config: str | None = Non
     try:
         rows = datasets.load_dataset(dataset, name=config, data_dir=data_dir, split=split,
                                      revision=None if local else revision)
-    except ValueError as exc:
-        if "split" in str(exc).lower():
+    except Exception as exc:  # one line that names the key, whatever `datasets` raised
+        if isinstance(exc, ValueError) and "split" in str(exc).lower():
             raise DataError(f"{where}: {dataset} has no split {split!r} ({_first_line(exc)})") from None
-        raise DataError(f"{where}: cannot load {dataset}: {_first_line(exc)}") from None
-    except Exception as exc:
         raise DataError(f"{where}: cannot load {dataset}: {_first_line(exc)}") from None
     numbered = enumerate(rows, start=1)
     return (*to_contract(fmt, numbered, f"{where} ({dataset} {split})", unit="row"), None if local else revision)

@@ -42,12 +42,13 @@ from labs.core.data import assistant_turn, preference_chats, read_jsonl, user_tu
 from labs.core.evaluation import (
     MeasureParams,
     answer_logprobs,
-    exact_match,
     generate,
     kl_to_reference,
     on_policy_pairs,
     percent,
+    reference_scores,
     reward_scores,
+    rouge_change,
     win_rate,
 )
 from labs.core.judgements import JUDGEMENTS, training_pairs
@@ -167,7 +168,7 @@ def run(params: Params) -> dict:
     dataset_pairs = len(train)
     if cfg.pairs in ("on_policy", "with_human"):
         train, val = (on_policy_pairs(reference, tokenizer, rows, cfg.samples_per_prompt, cfg.temperature,
-                                      ev.max_new_tokens, ev.batch_size, params.seed)
+                                      ev.max_new_tokens, ev.batch_size, params.seed, "dpo")
                       for rows in (train[:cfg.max_prompts], val))
     human = training_pairs(JUDGEMENTS) if cfg.pairs in ("human", "with_human") else []
     if human:
@@ -187,8 +188,8 @@ def run(params: Params) -> dict:
     prompts = [r["prompt"] for r in test]
     before, _ = generate(reference, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
     after, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
-    metrics |= {"exact_match_before": exact_match(test, before), "exact_match": exact_match(test, after),
-                "eos_rate": percent(ended)}
+    metrics |= {f"{key}_before": value for key, value in reference_scores(test, before).items()}
+    metrics |= reference_scores(test, after) | {"eos_rate": percent(ended)}
     # held-out pairs of the kind it trained on (validation prompts), and the dataset's held-out pairs
     metrics |= preferences(policy, reference, tokenizer, val)
     # and pairs it trained on: that the objective itself moved, whatever it does to held-out answers
@@ -207,6 +208,7 @@ def run(params: Params) -> dict:
     save_curves("dpo", trainer.state.log_history)
     finish_checkpoints(checkpoints)
     print(f"dpo ({cfg.loss}): held-out exact-match {metrics['exact_match_before']['overall']} -> "
-          f"{metrics['exact_match']['overall']}; preference accuracy {metrics['preference_accuracy']}%; "
+          f"{metrics['exact_match']['overall']}{rouge_change(metrics)}; "
+          f"preference accuracy {metrics['preference_accuracy']}%; "
           f"KL to SFT {metrics['kl_to_sft']}; win rate vs SFT {metrics['win_rate']}%")
     return metrics

@@ -39,8 +39,9 @@ from labs.core.evaluation import (
     MeasureParams,
     exact_match,
     extract_answer,
+    final_answer,
     generate,
-    is_correct,
+    matches,
     percent,
     perplexity,
     results_table,
@@ -94,9 +95,11 @@ class TextSimilarity:
 
 
 def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[str], safety: list[dict],
-                   similarity: TextSimilarity, scorer=None) -> tuple[dict, list[float] | None, list[str]]:
+                   similarity: TextSimilarity, scorer=None,
+                   rl_test: list[dict] | None = None) -> tuple[dict, list[float] | None, list[str]]:
     """The model's row of the table, and its reward (None without a reward model) and answer per held-out prompt
-    (for the win rates)."""
+    (for the win rates). With `rl_test` (real data: GSM8K's test split), the exact-match of its final answers there
+    and the share of answers given in the "Answer: X" form at all."""
     cfg = params.evaluate
     tokenizer = load_tokenizer(path)
     model = load_model(path, cfg.precision)
@@ -104,6 +107,10 @@ def evaluate_model(path: Path, params: Params, test: list[dict], corpus: list[st
     completions, ended = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size)
     rewards = None if scorer is None else reward_scores(scorer, tokenizer, prompts, completions)
     row = {} if rewards is None else {"reward": round(float(np.mean(rewards)), 4)}
+    if rl_test:
+        solved, _ = generate(model, tokenizer, [r["prompt"] for r in rl_test], cfg.max_new_tokens, cfg.batch_size)
+        row |= {"rl_exact_match": exact_match(rl_test, solved)["overall"],
+                "rl_format_rate": percent([extract_answer(c) is not None for c in solved])}
     return row | similarity(completions, [r["completion"] for r in test]) | {
         "parameters": count_parameters(model),
         "exact_match": exact_match(test, completions),
@@ -124,10 +131,10 @@ def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str
     tokenizer, model = load_tokenizer(judge_path), load_model(judge_path, cfg.precision)
     names = list(answers)
     matchups = [(x, y, i) for n, x in enumerate(names) for y in names[n + 1:] for i in range(len(test))
-                if extract_answer(answers[x][i]) != extract_answer(answers[y][i])]
+                if final_answer(answers[x][i], test[i]) != final_answer(answers[y][i], test[i])]
     decisions, behaviour = judge(model, tokenizer, [(test[i]["prompt"], answers[x][i], answers[y][i])
                                                     for x, y, i in matchups], cfg.max_new_tokens, cfg.batch_size)
-    right = {name: [is_correct(a, row["answer"]) for a, row in zip(answers[name], test, strict=True)]
+    right = {name: [matches(a, row) for a, row in zip(answers[name], test, strict=True)]
              for name in names}
     scores = {x: {y: 0.5 * len(test) for y in names if y != x} for x in names}  # every prompt a tie to start
     for (x, y, _), decision in zip(matchups, decisions, strict=True):
@@ -147,6 +154,8 @@ def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str
 
 def run(params: Params) -> dict:
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    # real instruction data has reference replies, not answers to check: GSM8K's problems are scored as well
+    rl_test = None if all("answer" in r for r in test) else read_jsonl(PREPARED / "rl_test.jsonl", "rl")
     corpus = [r["text"] for r in read_jsonl(PREPARED / "corpus_val.jsonl", "text")]
     safety = probe_rows(PREPARED)
     paths = {name: require(MODELS / name, "config.json", name) for name in params.evaluate.models}
@@ -163,7 +172,7 @@ def run(params: Params) -> dict:
     results, rewards, answers = {}, {}, {}
     for name, path in paths.items():
         results[name], rewards[name], answers[name] = evaluate_model(path, params, test, corpus, safety, similarity,
-                                                                     scorer)
+                                                                     scorer, rl_test)
     if scorer is not None:
         for name in results:
             results[name]["win_rate"] = {

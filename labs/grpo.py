@@ -95,6 +95,14 @@ def format_reward(weight: float, eos_token_id: int):
     return formatted
 
 
+def held_out(prepared: Path) -> list[dict]:
+    """Held-out prompts with answers to check: the sft test file's (the task world's families, which the SFT model
+    was taught), or, where that file holds reference replies only (real instruction data), the rl test file's
+    (GSM8K's test split: the task GRPO trained on)."""
+    test = read_jsonl(prepared / "sft_test.jsonl", "sft")
+    return test if all("answer" in r for r in test) else read_jsonl(prepared / "rl_test.jsonl", "rl")
+
+
 def run(params: Params) -> dict:
     cfg, ev = params.grpo, params.evaluate
     sft = require(SFT, "config.json", "sft")
@@ -118,7 +126,7 @@ def run(params: Params) -> dict:
     metrics = train_resumable(trainer, checkpoints, card)
     history = trainer.state.log_history
 
-    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+    test = held_out(PREPARED)
     prompts = [r["prompt"] for r in test]
     before, _ = generate(reference, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)
     after, ended = generate(policy, tokenizer, prompts, ev.max_new_tokens, ev.batch_size)

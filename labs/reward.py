@@ -39,7 +39,7 @@ from labs.core.evaluation import (
     MeasureParams,
     correlation,
     generate,
-    is_correct,
+    matches,
     on_policy_pairs,
     ranks_own_samples,
     reward_scores,
@@ -111,7 +111,7 @@ def run(params: Params) -> dict:
     dataset_pairs, on_policy = len(train), []
     if cfg.pairs in ("with_on_policy", "with_human"):
         on_policy = on_policy_pairs(policy, tokenizer, train[:cfg.on_policy_prompts], cfg.on_policy_samples, 1.0,
-                                    params.evaluate.max_new_tokens, params.evaluate.batch_size, params.seed)
+                                    params.evaluate.max_new_tokens, params.evaluate.batch_size, params.seed, "reward")
     human = training_pairs(JUDGEMENTS) if cfg.pairs in ("human", "with_human") else []
     pairs = human if cfg.pairs == "human" else train + on_policy + human
     checkpoints = checkpoint_dir("reward", {"seed": params.seed, "tier": params.tier, "reward": cfg.model_dump()},
@@ -136,7 +136,7 @@ def run(params: Params) -> dict:
     samples, _ = generate(policy, tokenizer, prompts, params.evaluate.max_new_tokens, params.evaluate.batch_size,
                           temperature=1.0, seed=params.seed)
     scores = reward_scores(model, tokenizer, prompts, samples)
-    correct = [is_correct(s, r["answer"]) for s, r in zip(samples, rows, strict=True)]
+    correct = [matches(s, r) for s, r in zip(samples, rows, strict=True)]  # real instruction data: the reference reply
     lengths = [len(tokenizer(s)["input_ids"]) for s in samples]
     families = {r.get("family") for r in rows}
     metrics |= {

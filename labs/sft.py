@@ -142,5 +142,6 @@ def run(params: Params) -> dict:
     metrics |= {"parameters": count_parameters(model), "trainable_parameters": count_parameters(model),
                 "weights_mb": safetensors_mb(OUT)}
     print(f"sft: val loss {metrics['val_loss_before']} -> {metrics['val_loss']}; "
-          f"held-out exact-match {metrics['exact_match']}")
+          f"held-out exact-match {metrics['exact_match']}"
+          + (f"; ROUGE-L {metrics['rouge_l']['overall']}" if "rouge_l" in metrics else ""))
     return metrics

@@ -7,7 +7,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from labs.core.evaluation import correlation, kl_to_reference, mean_words, repetition
+from labs.core.evaluation import (
+    correlation,
+    exact_match,
+    kl_to_reference,
+    mean_words,
+    reference_scores,
+    repetition,
+)
 from labs.core.models import CHAT_TEMPLATE, SPECIAL_TOKENS
 from labs.data import FAMILIES, Task, copy_slip
 
@@ -79,3 +86,18 @@ def test_win_rate_counts_a_tie_half_whether_the_answers_or_only_their_scores_agr
     result = win_rate([0.9, 0.1, 0.5000001, 0.3], [0.2, 0.8, 0.5, 0.3], ["a", "b", "c", "d"], ["x", "y", "c", "z"])
     assert result == {"win_rate": 50.0, "wins": 1, "losses": 1, "ties": 2}
     assert win_rate([1.0], [0.0], ["same"], ["same"])["ties"] == 1, "an identical answer is a tie whatever its score"
+
+
+def test_answers_are_checked_after_answer_and_reference_replies_whole_with_rouge_l_beside():
+    checkable = [{"prompt": "What is 3 + 4?", "answer": "7", "family": "add"},
+                 {"prompt": "What is 1 + 1?", "answer": "2", "family": "add"}]
+    assert exact_match(checkable, ["So: Answer: 7", "Answer: 3"]) == {"add": 50.0, "overall": 50.0}
+    assert reference_scores(checkable, ["Answer: 7", "Answer: 2"]) == {"exact_match": {"add": 100.0,
+                                                                                       "overall": 100.0}}
+    replies = [{"prompt": "Describe it.", "completion": "The cat sat on the mat.", "family": "open_qa"},
+               {"prompt": "Name one.", "messages": [{"role": "user", "content": "Name one."},
+                                                    {"role": "assistant", "content": "A dog"}]}]
+    scores = reference_scores(replies, ["The cat  sat on\nthe mat.", "A cat"])
+    assert scores["exact_match"] == {"all": 0.0, "open_qa": 100.0, "overall": 50.0}, "whitespace aside, whole"
+    assert scores["rouge_l"] == {"all": 50.0, "open_qa": 100.0, "overall": 75.0}, "'A cat' has 1 of 2 words"
+    assert exact_match(replies, ["Answer: The cat sat on the mat.", "A dog."])["overall"] == 0.0

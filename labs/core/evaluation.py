@@ -2,8 +2,9 @@
 the model's loss, reward-model scores, and the KL divergence of a tuned policy from its reference.
 
 The task world's answers are checkable: a completion is right when the text after its last "Answer:"
-equals the gold answer (whitespace-normalised). `evaluate.load(...)` cannot load metrics offline, so
-perplexity comes from the model's own loss.
+equals the gold answer (whitespace-normalised). Real instruction data (Alpaca's, Dolly's) has only a reference
+reply: a completion matches when it is that reply, and ROUGE-L says how close it came. `evaluate.load(...)`
+cannot load metrics offline, so perplexity comes from the model's own loss.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def mean_words(completions: list[str]) -> float:
 
 
 def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int, temperature: float,
-                    max_new_tokens: int, batch_size: int, seed: int) -> list[dict]:
+                    max_new_tokens: int, batch_size: int, seed: int, lab: str) -> list[dict]:
     """Preference pairs from a model's own mistakes: for each preference row's prompt, sample answers; each
     distinct wrong one (checked against the chosen answer's "Answer: X") becomes the rejected side of a pair
     with the chosen answer. This is how RLHF collects comparisons (on the policy's samples), with the task
@@ -200,7 +201,8 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int,
     for row, sample in zip(repeated, samples, strict=True):
         gold = extract_answer(row["chosen"])
         if gold is None:
-            raise DataError(f"on-policy pairs need checkable answers: chosen {row['chosen'][:60]!r} has no 'Answer:'")
+            raise DataError(f"on-policy pairs need checkable answers: chosen {row['chosen'][:60]!r} has no 'Answer:' "
+                            f"(real preference data has none: train on its own pairs, -S {lab}.pairs=dataset)")
         if not is_correct(sample, gold) and (row["prompt"], sample) not in seen:
             seen.add((row["prompt"], sample))
             pairs.append(row | {"rejected": sample})
@@ -223,16 +225,62 @@ def percent(flags: list[bool]) -> float:
     return round(100 * sum(flags) / max(len(flags), 1), 2)
 
 
-def exact_match(rows: list[dict], completions: list[str]) -> dict[str, float]:
-    """Percent of rows whose extracted answer equals row["answer"], per family and overall."""
-    right, total = defaultdict(int), defaultdict(int)
-    for row, completion in zip(rows, completions, strict=True):
-        family = row.get("family", "all")
-        hit = is_correct(completion, row["answer"])
-        for key in (family, "overall"):
-            right[key] += hit
+def reference_reply(row: dict) -> str:
+    """An sft row's reference reply: its completion, or its last (the assistant's) message."""
+    return row["completion"] if "completion" in row else row["messages"][-1]["content"]
+
+
+def final_answer(completion: str, row: dict) -> str | None:
+    """What a completion is checked on: for a row with an answer to check (the task world's, GSM8K's), its text
+    after the last "Answer:"; for a row with only a reference reply (instruction data such as Alpaca's), all of
+    it (whitespace-normalised, as SQuAD's exact match)."""
+    return extract_answer(completion) if "answer" in row else " ".join(completion.split())
+
+
+def matches(completion: str, row: dict) -> bool:
+    """Whether a completion's final answer is the row's answer, or its reference reply where it has no answer."""
+    gold = row["answer"] if "answer" in row else reference_reply(row)
+    return final_answer(completion, row) == " ".join(gold.split())
+
+
+def per_family(rows: list[dict], values: list[float]) -> dict[str, float]:
+    """The mean of `values` (one per row) in percent, per family and overall."""
+    sums, total = defaultdict(float), defaultdict(int)
+    for row, value in zip(rows, values, strict=True):
+        for key in (row.get("family", "all"), "overall"):
+            sums[key] += value
             total[key] += 1
-    return {key: round(100 * right[key] / total[key], 2) for key in sorted(total)}
+    return {key: round(100 * sums[key] / total[key], 2) for key in sorted(total)}
+
+
+def exact_match(rows: list[dict], completions: list[str]) -> dict[str, float]:
+    """Percent of rows whose completion matches (`matches`), per family and overall."""
+    return per_family(rows, [float(matches(c, r)) for r, c in zip(rows, completions, strict=True)])
+
+
+def rouge_l(rows: list[dict], completions: list[str]) -> dict[str, float]:
+    """Mean ROUGE-L F1 (percent) of each completion against its row's reference reply, per family and overall:
+    what instruction data with free-text references is scored by (rouge-score's own scorer and tokenizer)."""
+    from rouge_score import rouge_scorer  # here, not at the top: nltk's import would slow every lab's start
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    return per_family(rows, [scorer.score(reference_reply(r), c)["rougeL"].fmeasure
+                             for r, c in zip(rows, completions, strict=True)])
+
+
+def reference_scores(rows: list[dict], completions: list[str]) -> dict[str, dict[str, float]]:
+    """Held-out scores against the references: exact match, and ROUGE-L where the rows have no answer to check."""
+    scores = {"exact_match": exact_match(rows, completions)}
+    if not all("answer" in r for r in rows):
+        scores["rouge_l"] = rouge_l(rows, completions)
+    return scores
+
+
+def rouge_change(metrics: dict) -> str:
+    """`; ROUGE-L a -> b` for a lab's printed summary when it scored reference replies (real instruction data)."""
+    if "rouge_l" not in metrics:
+        return ""
+    return f"; ROUGE-L {metrics['rouge_l_before']['overall']} -> {metrics['rouge_l']['overall']}"
 
 
 @torch.no_grad()
@@ -267,13 +315,16 @@ def results_table(results: dict[str, dict]) -> str:
     judged = any("reward" in r for r in results.values())
     head = ["model", "params", *[f"EM {f} %" for f in families], "EM overall %", "EOS %", "answer ppl", "corpus ppl",
             *(["reward"] if judged else [])]
+    if real := all("rl_exact_match" in r for r in results.values()):  # real data: GSM8K's test split
+        head += ["rl EM %", "rl format %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         em = r["exact_match"]
         cells = [f"`{name}`", f"{r['parameters'] / 1e6:.2f}M", *[f"{em.get(f, float('nan')):.1f}" for f in families],
                  f"**{em['overall']:.1f}**", f"{r['eos_rate']:.1f}",
                  f"{r['answer_perplexity']:.3f}", f"{r['corpus_perplexity']:.3f}",
-                 *([f"{r['reward']:.3f}" if "reward" in r else "–"] if judged else [])]
+                 *([f"{r['reward']:.3f}" if "reward" in r else "–"] if judged else []),
+                 *([f"{r['rl_exact_match']:.1f}", f"{r['rl_format_rate']:.1f}"] if real else [])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from labs.core.config import Section, TrainParams
 from labs.core.data import assistant_turn, read_jsonl, user_turn
-from labs.core.evaluation import exact_match, generate, percent, perplexity
+from labs.core.evaluation import generate, percent, perplexity, reference_scores
 from labs.core.models import trainer_kwargs
 from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, show_progress, train_resumable
 
@@ -106,14 +106,15 @@ def finetune(params: Section, cfg: TrainParams, lab: str, model, tokenizer, base
 
 
 def held_out_scores(model, tokenizer, params: Section) -> tuple[dict, list[str]]:
-    """The fine-tuning labs' battery: held-out exact-match and EOS rate of greedy answers, and what tuning cost
-    the model's prose (perplexity on held-out pretraining text); with the answers themselves."""
+    """The fine-tuning labs' battery: held-out exact-match (and ROUGE-L on reference replies) and EOS rate of
+    greedy answers, and what tuning cost the model's prose (perplexity on held-out pretraining text); with the
+    answers themselves."""
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
     completions, ended = generate(model, tokenizer, [r["prompt"] for r in test],
                                   params.evaluate.max_new_tokens, params.evaluate.batch_size)
     corpus = [r["text"] for r in read_jsonl(PREPARED / "corpus_val.jsonl", "text")]
-    scores = {"exact_match": exact_match(test, completions), "eos_rate": percent(ended),
-              "corpus_perplexity": perplexity(model, tokenizer, corpus)}
+    scores = reference_scores(test, completions) | {"eos_rate": percent(ended),
+                                                    "corpus_perplexity": perplexity(model, tokenizer, corpus)}
     return scores, completions
 
 

@@ -114,7 +114,8 @@ def adapters(params: Params, tokenizer, train: dict, val: dict, test: list[dict]
                                tokenizer, rows, val[family], BASE, peft_config=peft_config(lora, tokenizer),
                                loss_type="nll")
         train_chats(trainer, run_card("continual", params, adapter_cfg) | {"adapter": family})
-        scores[family] = held_out(trainer.model, tokenizer, params, [r for r in test if r["family"] == family])[family]
+        mine = [r for r in test if r.get("family", "all") == family]
+        scores[family] = held_out(trainer.model, tokenizer, params, mine)[family]
         print(f"continual: adapter for {family}: exact-match {scores[family]}")
     return scores
 
@@ -137,12 +138,13 @@ def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
     tokenizer = load_tokenizer(base)
     split = {name: read_jsonl(PREPARED / f"sft_{name}.jsonl", "sft") for name in ("train", "val", "test")}
-    families = {row["family"] for row in split["train"]}
+    families = {row.get("family", "all") for row in split["train"]}  # real data may have no families
     if unknown := set(params.continual.order) - families:
         raise ConfigError(f"params.yaml: continual.order: {sorted(unknown)} are not families of "
                           f"data/prepared/sft_train.jsonl ({', '.join(sorted(families))})")
-    test = [row for row in split["test"] if row["family"] in params.continual.order]
-    train, val = ({f: [r for r in split[name] if r["family"] == f] for f in families} for name in ("train", "val"))
+    test = [row for row in split["test"] if row.get("family", "all") in params.continual.order]
+    train, val = ({f: [r for r in split[name] if r.get("family", "all") == f] for f in families}
+                  for name in ("train", "val"))
     order = params.continual.order
     plain = sequential(params, tokenizer, train, val, test, 0.0)
     replayed = sequential(params, tokenizer, train, val, test, params.continual.replay)

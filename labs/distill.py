@@ -30,7 +30,7 @@ from trl import SFTTrainer
 
 from labs.core.config import SEED, ConfigError, ModelShape, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl
-from labs.core.evaluation import MeasureParams, decoding_speeds, exact_match
+from labs.core.evaluation import MeasureParams, decoding_speeds, exact_match, share_pct
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import atomic_path, run_card, save_model
 from labs.core.train import (
@@ -186,7 +186,7 @@ def run(params: Params) -> dict:
         m["tokens_per_s"] = speeds[name]
         m["speedup"] = {k: round(v / speeds["teacher"][k], 2) for k, v in speeds[name].items()}
         m["parameter_ratio"] = round(metrics["teacher"]["parameters"] / m["parameters"], 2)
-        m["quality_pct"] = round(100 * m["exact_match"]["overall"] / teacher_em["overall"], 1)
+        m["quality_pct"] = share_pct(m["exact_match"]["overall"], teacher_em["overall"])
     metrics["kd_minus_hard_labels"] = round(metrics["student"]["exact_match"]["overall"]
                                             - metrics["hard_labels"]["exact_match"]["overall"], 2)
     metrics["loss"] = {"temperature": cfg.temperature, "alpha": cfg.alpha}

@@ -103,8 +103,8 @@ def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
     tokenizer = load_tokenizer(base)
     split = {name: read_jsonl(PREPARED / f"sft_{name}.jsonl", "sft") for name in ("train", "val", "test")}
-    families = sorted({row["family"] for row in split["train"]})
-    by_family = {name: {f: [r for r in rows if r["family"] == f] for f in families}
+    families = sorted({row.get("family", "all") for row in split["train"]})  # real data may have no families
+    by_family = {name: {f: [r for r in rows if r.get("family", "all") == f] for f in families}
                  for name, rows in split.items() if name != "test"}
     for mixture_name, weights in params.mixing.mixtures.items():
         if unknown := set(weights) - set(families):

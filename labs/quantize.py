@@ -48,6 +48,7 @@ from labs.core.evaluation import (
     decoding_speeds,
     exact_match,
     perplexity,
+    share_pct,
     tensor_bytes,
 )
 from labs.core.gguf import export_gguf
@@ -288,7 +289,7 @@ def run(params: Params) -> dict:
         row["tokens_per_s"] = speeds[name]
         row["memory_ratio"] = round(row["memory_mb"] / reference["memory_mb"], 3)
         row["perplexity_change_pct"] = round(100 * (row["perplexity"] / reference["perplexity"] - 1), 2)
-        row["quality_pct"] = round(100 * row["exact_match"]["overall"] / reference["exact_match"]["overall"], 1)
+        row["quality_pct"] = share_pct(row["exact_match"]["overall"], reference["exact_match"]["overall"])
         row["speedup"] = {k: round(v / reference["tokens_per_s"][k], 2) if v else None
                           for k, v in speeds[name].items()}
     write_csv("plots/quantize/table.csv",  # the table's numeric columns

@@ -221,6 +221,11 @@ def ranks_own_samples(prompts: list[str], scores: list[float], correct: list[boo
     return {"accuracy": round(100 * float(np.mean(ranked)), 2) if ranked else None, "pairs": len(ranked)}
 
 
+def share_pct(value: float, reference: float) -> float | None:
+    """`value` as a percent of `reference`; None where the reference scored 0 (real data can leave it there)."""
+    return round(100 * value / reference, 1) if reference else None
+
+
 def percent(flags: list[bool]) -> float:
     return round(100 * sum(flags) / max(len(flags), 1), 2)
 

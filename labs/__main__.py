@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,6 +72,11 @@ def run_lab(name: str, argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     params = lab_params(name, args.params, args.set)
+    section = getattr(params, name, None)
+    if getattr(section, "procs", 1) > 1 and "LOCAL_RANK" not in os.environ:  # not yet one of the processes
+        from labs.core.run import launch
+
+        return launch(name, section, argv)
     from labs.core.runner import execute
 
     started = time.perf_counter()

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from pydantic import Field
 
-from labs.core.config import SEED, ModelShape, Section, Seed, Tier, TrainParams
+from labs.core.config import SEED, ModelShape, Processes, Section, Seed, Tier, TrainParams
 from labs.core.models import build_llama, count_parameters, load_model, load_tokenizer, require
 from labs.core.run import save_model
 from labs.core.train import train_on_corpus
 
 
-class PretrainParams(TrainParams):
+class PretrainParams(TrainParams, Processes):
     # None: build a tiny Llama from `model` and train it from scratch (CPU tier). A hub id or a local
     # directory: start from that model and its tokenizer (GPU tiers), continuing pretraining for
     # `max_steps` (0 = take the model as it is).

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from trl import SFTTrainer
 
-from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
+from labs.core.config import SEED, Processes, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl
 from labs.core.evaluation import MeasureParams
 from labs.core.models import count_parameters, load_model, load_tokenizer, require
@@ -37,7 +37,7 @@ from labs.core.run import run_card, safetensors_mb, save_model
 from labs.core.train import PREPARED, as_chat, chat_args, fit, held_out_scores
 
 
-class SFTParams(TrainParams):
+class SFTParams(TrainParams, Processes):
     """Full fine-tuning on the task's chats; the schedule that took the pretrained base to its best held-out EM."""
 
     max_length: int = Field(128, gt=0)  # the longest chat (add, with worked steps) is 49 tokens

@@ -65,6 +65,16 @@ class ModelShape(Section):
     """longest sequence the rotary positions are built for"""
 
 
+class Processes(Section):
+    """Several processes training one model at once (`just lab NAME PROCS`): each takes its share of every step's
+    `batch_size` rows and DDP averages their gradients, so the steps, rows and schedule are one process's."""
+
+    procs: int = Field(1, ge=1)
+    """processes training together on this machine (1: the lab's own process)"""
+    strategy: Literal["ddp"] = "ddp"
+    """how they share the model: ddp (a whole copy each); `scale` shows FSDP2 and ZeRO"""
+
+
 class TrainParams(Section):
     """Knobs shared by every lab that hands a model to a library trainer."""
 

@@ -16,6 +16,7 @@ from transformers import (
 
 from labs.core.config import ModelShape, Section, TrainParams
 from labs.core.data import DataError
+from labs.core.run import world_size
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -163,8 +164,9 @@ def trainer_kwargs(params: Section, train: TrainParams, output_dir: Path) -> dic
         fp16=train.precision == "fp16",
         gradient_checkpointing=train.gradient_checkpointing,
         learning_rate=train.lr,
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.batch_size,
+        # several processes split each step's rows (labs/core/run.py launch): the steps stay one process's
+        per_device_train_batch_size=train.batch_size // world_size(),
+        per_device_eval_batch_size=train.batch_size // world_size(),
         gradient_accumulation_steps=train.grad_accum,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,

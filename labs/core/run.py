@@ -50,11 +50,31 @@ def device_name(tier: str) -> str:
     return torch.cuda.get_device_name(0) if tier != "cpu" and torch.cuda.is_available() else "cpu"
 
 
+def world_size() -> int:
+    """Processes training together (torchrun and accelerate set WORLD_SIZE in each); 1 for a lab's own process."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", 0)) == 0
+
+
+def barrier() -> None:
+    """Wait for every process of a distributed run (none to wait for otherwise, or before the trainer joined
+    them into a process group)."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path):
     """Yield a temporary sibling of `dest`; on success it replaces `dest`, on failure it is removed.
 
-    Works for files and directories; an existing `dest` is untouched unless the block succeeds.
+    Works for files and directories; an existing `dest` is untouched unless the block succeeds. In a run of
+    several processes every process writes, rank 0's output is kept and the others' dropped, and all of them wait
+    until it is in place (one may read it next).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -65,20 +85,23 @@ def atomic_path(dest: str | Path):
     except BaseException:
         _remove(tmp)
         raise
-    if dest.is_dir() and not dest.is_symlink():
+    if not is_main_process():
+        _remove(tmp)
+    elif dest.is_dir() and not dest.is_symlink():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.replace(dest, old)
         os.replace(tmp, dest)
         _remove(old)
     else:
         os.replace(tmp, dest)
+    barrier()
 
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        shutil.rmtree(path, ignore_errors=world_size() > 1)  # several processes may clear the same stale folder
     elif path.exists() or path.is_symlink():
-        path.unlink()
+        path.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -156,18 +179,37 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def launch(lab: str, section, argv: list[str]) -> int:
+    """`python -m labs LAB ARGV` in `section.procs` processes, through torchrun (`--standalone`: a rendezvous on a
+    free local port): on CPU they talk over gloo, on GPUs over NCCL, one GPU each. Each process gets its share of
+    the machine's threads. `accelerate launch --cpu --num_processes 2` would start one process, not two."""
+    from labs.core.config import PARAMS_FILE, ConfigError
+
+    if section.batch_size % section.procs:
+        raise ConfigError(f"{PARAMS_FILE}: {lab}.batch_size: {section.batch_size} rows a step do not split over "
+                          f"{lab}.procs = {section.procs} processes")
+    threads = str(max(1, default_threads() // section.procs))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={section.procs}",
+               "--local-ranks-filter=0", "-m", "labs", lab, *argv]  # rank 0's output: the others print the same
+    return subprocess.run(command, env=os.environ | {"LAB_THREADS": threads, "OMP_NUM_THREADS": threads}).returncode
+
+
 def run_card(lab: str, params, section) -> dict:
     """The facts that determine a model's weights, and nothing else: two runs of the same code and params give
     byte-identical model directories on any machine, so DVC's cache holds. Provenance (git revision, host,
     wall time, peak memory, device, kernels) goes into `metrics/<lab>.json` (see RunStats)."""
-    return {
+    card = {
         "lab": lab,
         "command": f"python -m labs {lab}",
         "tier": params.tier,
         "seed": params.seed,
-        "config": section.model_dump(mode="json"),
+        # processes and strategy change a step's sums only when there are several: one process's card stays as it was
+        "config": section.model_dump(mode="json", exclude={"procs", "strategy"}),
         "versions": package_versions(),
     }
+    if getattr(section, "procs", 1) > 1:
+        card["processes"] = {"procs": section.procs, "strategy": section.strategy}
+    return card
 
 
 def write_card(folder: Path, card: dict) -> None:
@@ -195,6 +237,12 @@ class RunStats:
         }
         if (gpu := peak_gpu_mb()) is not None:
             stats["peak_gpu_mb"] = gpu
+        if world_size() > 1:  # every process's peak, gathered from all of them (rank 0 writes the metrics)
+            import torch.distributed as dist
+
+            peaks = [None] * world_size()
+            dist.all_gather_object(peaks, {key: stats.get(key) for key in ("peak_rss_mb", "peak_gpu_mb")})
+            stats |= {"world_size": world_size(), "per_process": peaks}
         return stats
 
 
@@ -316,7 +364,8 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
 
     class SaveRunCard(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
-            write_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", card)
+            if state.is_world_process_zero:  # the process that wrote the checkpoint's weights
+                write_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", card)
 
     trainer.add_callback(SaveRunCard())
     show_progress(trainer, card["lab"])
@@ -324,6 +373,11 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
     resumed = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}
     if resume:
         print(f"resuming from {resume}")
+    if world_size() > 1:
+        # The evaluation before training let accelerate mark the model prepared without wrapping it in DDP, and
+        # train() then trusts that mark: every process would train its own copy on its own rows, unsynchronised.
+        trainer.model._is_accelerate_prepared = False
+        trainer.accelerator._models.clear()
     result = trainer.train(resume_from_checkpoint=resume)
     tokens = trainer.state.num_input_tokens_seen - resumed.get("num_input_tokens_seen", 0)
     return {
@@ -353,7 +407,9 @@ def safetensors_mb(folder: str | Path) -> float:
 
 def finish_checkpoints(checkpoints: Path) -> None:
     """A run that completed needs no checkpoints; keeping them would make a forced re-run resume."""
-    _remove(checkpoints)
+    barrier()  # every process is done with them
+    if is_main_process():
+        _remove(checkpoints)
 
 
 LOSS_CURVES = {"loss": "train/loss", "eval_loss": "eval/loss", "learning_rate": "train/lr"}

@@ -21,5 +21,7 @@ def execute(name: str, module, params: Section) -> dict:
     metrics = module.run(params)
     if metrics:
         metrics |= {"run": stats.as_dict(device_name(getattr(params, "tier", "cpu")))}
+        if "world_size" in metrics["run"]:  # several processes trained: how they shared the model
+            metrics["run"]["strategy"] = getattr(params, name).strategy
         write_json(f"metrics/{name}.json", metrics)
     return metrics

@@ -24,7 +24,7 @@ from labs.core.run import save_model
 from labs.core.train import train_on_corpus
 
 
-class PretrainParams(TrainParams, Processes):
+class PretrainParams(Processes, TrainParams):
     # None: build a tiny Llama from `model` and train it from scratch (CPU tier). A hub id or a local
     # directory: start from that model and its tokenizer (GPU tiers), continuing pretraining for
     # `max_steps` (0 = take the model as it is).

@@ -37,7 +37,7 @@ from labs.core.run import run_card, safetensors_mb, save_model
 from labs.core.train import PREPARED, as_chat, chat_args, fit, held_out_scores
 
 
-class SFTParams(TrainParams, Processes):
+class SFTParams(Processes, TrainParams):
     """Full fine-tuning on the task's chats; the schedule that took the pretrained base to its best held-out EM."""
 
     max_length: int = Field(128, gt=0)  # the longest chat (add, with worked steps) is 49 tokens

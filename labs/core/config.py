@@ -81,7 +81,7 @@ class TrainParams(Section):
     lr: float = Field(1e-3, gt=0)
     """peak learning rate"""
     batch_size: int = Field(32, gt=0)
-    """examples per device per optimizer step (before grad_accum)"""
+    """examples per optimizer step (before grad_accum), split between the processes when there are several"""
     grad_accum: int = Field(1, gt=0)
     """batches whose gradients add up to one optimizer step"""
     epochs: float = Field(1.0, gt=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from pydantic_core import to_jsonable_python
 
-from labs.core.config import PARAMS_FILE, ConfigError, Section
+from labs.core.config import PARAMS_FILE, ConfigError, Processes, Section
 from labs.core.convert import CONVERTERS, MAX_SKIPPED, convert
 from labs.core.data import DataError
 from labs.registry import LABS, lab_params, module
@@ -73,7 +73,7 @@ def run_lab(name: str, argv: list[str]) -> int:
 
     params = lab_params(name, args.params, args.set)
     section = getattr(params, name, None)
-    if getattr(section, "procs", 1) > 1 and "LOCAL_RANK" not in os.environ:  # not yet one of the processes
+    if isinstance(section, Processes) and section.procs > 1 and "LAB_PROCESSES" not in os.environ:  # not yet launched
         from labs.core.run import launch
 
         return launch(name, section, argv)

@@ -16,7 +16,7 @@ from transformers import (
 
 from labs.core.config import ModelShape, Section, TrainParams
 from labs.core.data import DataError
-from labs.core.run import world_size
+from labs.core.run import lab_processes
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -165,8 +165,8 @@ def trainer_kwargs(params: Section, train: TrainParams, output_dir: Path) -> dic
         gradient_checkpointing=train.gradient_checkpointing,
         learning_rate=train.lr,
         # several processes split each step's rows (labs/core/run.py launch): the steps stay one process's
-        per_device_train_batch_size=train.batch_size // world_size(),
-        per_device_eval_batch_size=train.batch_size // world_size(),
+        per_device_train_batch_size=train.batch_size // lab_processes(),
+        per_device_eval_batch_size=train.batch_size // lab_processes(),
         gradient_accumulation_steps=train.grad_accum,
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from labs.core import kernels
+from labs.core.config import PARAMS_FILE, ConfigError, Processes
 
 CHECKPOINT_ROOT = Path(".checkpoints")  # git-ignored, outside DVC outs: DVC deletes outs before a stage runs
 PACKAGES = ("torch", "transformers", "trl", "peft", "bitsandbytes", "datasets", "accelerate", "tokenizers", "dvc",
@@ -50,21 +51,22 @@ def device_name(tier: str) -> str:
     return torch.cuda.get_device_name(0) if tier != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def world_size() -> int:
-    """Processes training together (torchrun and accelerate set WORLD_SIZE in each); 1 for a lab's own process."""
-    return int(os.environ.get("WORLD_SIZE", 1))
+def lab_processes() -> int:
+    """Processes running one lab's trainer together, as `launch` started them (LAB_PROCESSES in each); 1 otherwise.
+    The scale worker's processes, which torchrun starts too, are not counted: each writes files of its own."""
+    return int(os.environ.get("LAB_PROCESSES", 1))
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0
+    return lab_processes() == 1 or int(os.environ.get("RANK", 0)) == 0
 
 
 def barrier() -> None:
-    """Wait for every process of a distributed run (none to wait for otherwise, or before the trainer joined
-    them into a process group)."""
+    """Wait for every process `launch` started (none to wait for otherwise, or before the trainer joined them into
+    a process group)."""
     import torch.distributed as dist
 
-    if world_size() > 1 and dist.is_available() and dist.is_initialized():
+    if lab_processes() > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 
@@ -99,7 +101,7 @@ def atomic_path(dest: str | Path):
 
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=world_size() > 1)  # several processes may clear the same stale folder
+        shutil.rmtree(path, ignore_errors=lab_processes() > 1)  # several processes may clear the same stale folder
     elif path.exists() or path.is_symlink():
         path.unlink(missing_ok=True)
 
@@ -183,31 +185,31 @@ def launch(lab: str, section, argv: list[str]) -> int:
     """`python -m labs LAB ARGV` in `section.procs` processes, through torchrun (`--standalone`: a rendezvous on a
     free local port): on CPU they talk over gloo, on GPUs over NCCL, one GPU each. Each process gets its share of
     the machine's threads. `accelerate launch --cpu --num_processes 2` would start one process, not two."""
-    from labs.core.config import PARAMS_FILE, ConfigError
-
     if section.batch_size % section.procs:
         raise ConfigError(f"{PARAMS_FILE}: {lab}.batch_size: {section.batch_size} rows a step do not split over "
                           f"{lab}.procs = {section.procs} processes")
     threads = str(max(1, default_threads() // section.procs))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={section.procs}",
                "--local-ranks-filter=0", "-m", "labs", lab, *argv]  # rank 0's output: the others print the same
-    return subprocess.run(command, env=os.environ | {"LAB_THREADS": threads, "OMP_NUM_THREADS": threads}).returncode
+    env = os.environ | {"LAB_PROCESSES": str(section.procs), "LAB_THREADS": threads, "OMP_NUM_THREADS": threads}
+    return subprocess.run(command, env=env).returncode
 
 
 def run_card(lab: str, params, section) -> dict:
     """The facts that determine a model's weights, and nothing else: two runs of the same code and params give
     byte-identical model directories on any machine, so DVC's cache holds. Provenance (git revision, host,
     wall time, peak memory, device, kernels) goes into `metrics/<lab>.json` (see RunStats)."""
+    several = isinstance(section, Processes)  # a section `launch` may start on several processes
     card = {
         "lab": lab,
         "command": f"python -m labs {lab}",
         "tier": params.tier,
         "seed": params.seed,
         # processes and strategy change a step's sums only when there are several: one process's card stays as it was
-        "config": section.model_dump(mode="json", exclude={"procs", "strategy"}),
+        "config": section.model_dump(mode="json", exclude={"procs", "strategy"} if several else None),
         "versions": package_versions(),
     }
-    if getattr(section, "procs", 1) > 1:
+    if several and section.procs > 1:
         card["processes"] = {"procs": section.procs, "strategy": section.strategy}
     return card
 
@@ -237,12 +239,12 @@ class RunStats:
         }
         if (gpu := peak_gpu_mb()) is not None:
             stats["peak_gpu_mb"] = gpu
-        if world_size() > 1:  # every process's peak, gathered from all of them (rank 0 writes the metrics)
+        if lab_processes() > 1:  # every process's peak, gathered from all of them (rank 0 writes the metrics)
             import torch.distributed as dist
 
-            peaks = [None] * world_size()
+            peaks = [None] * lab_processes()
             dist.all_gather_object(peaks, {key: stats.get(key) for key in ("peak_rss_mb", "peak_gpu_mb")})
-            stats |= {"world_size": world_size(), "per_process": peaks}
+            stats |= {"world_size": lab_processes(), "per_process": peaks}
         return stats
 
 
@@ -373,7 +375,7 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
     resumed = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}
     if resume:
         print(f"resuming from {resume}")
-    if world_size() > 1:
+    if lab_processes() > 1:
         # The evaluation before training let accelerate mark the model prepared without wrapping it in DDP, and
         # train() then trusts that mark: every process would train its own copy on its own rows, unsynchronised.
         trainer.model._is_accelerate_prepared = False

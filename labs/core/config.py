@@ -66,8 +66,9 @@ class ModelShape(Section):
 
 
 class Processes(Section):
-    """Several processes training one model at once (`just lab NAME PROCS`): each takes its share of every step's
-    `batch_size` rows and DDP averages their gradients, so the steps, rows and schedule are one process's."""
+    """Several processes training one model at once (`dvc exp run -S sft.procs=2 sft`): each takes its share of
+    every step's `batch_size` rows and DDP averages their gradients, so the steps, rows and schedule are one
+    process's."""
 
     procs: int = Field(1, ge=1)
     """processes training together on this machine (1: the lab's own process)"""

@@ -183,7 +183,7 @@ def reset_peak_memory() -> None:
 
 def launch(lab: str, section, argv: list[str]) -> int:
     """`python -m labs LAB ARGV` in `section.procs` processes, through torchrun (`--standalone`: a rendezvous on a
-    free local port): on CPU they talk over gloo, on GPUs over NCCL, one GPU each. Each process gets its share of
+    free local port); the trainer joins them through accelerate, over gloo on CPU. Each process gets its share of
     the machine's threads. `accelerate launch --cpu --num_processes 2` would start one process, not two."""
     if section.batch_size % section.procs:
         raise ConfigError(f"{PARAMS_FILE}: {lab}.batch_size: {section.batch_size} rows a step do not split over "

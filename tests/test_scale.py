@@ -152,7 +152,7 @@ def test_sft_on_two_processes_follows_one_process_step_for_step_and_saves_the_sa
     processes' gradients averaged (what accelerate's mark after the evaluation before training did), each trained
     its own copy and the curves parted by 0.07 within six steps."""
     lab("tokenizer", cwd=workspace)
-    lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace)
+    lab("pretrain", "-S", "pretrain.max_steps=10", cwd=workspace)
     curves, runs, files = {}, {}, {}
     for procs in (1, 2):
         lab("sft", "-S", "sft.max_steps=6", "-S", "sft.logging_steps=1", "-S", f"sft.procs={procs}", cwd=workspace)

@@ -194,15 +194,16 @@ def on_policy_pairs(model, tokenizer, rows: list[dict], samples_per_prompt: int,
     with the chosen answer. This is how RLHF collects comparisons (on the policy's samples), with the task
     world's answer checker as the labeller; the file's curated slips are often ones the model would not make."""
 
+    for row in rows:  # before sampling: a file without answers to check fails at once, not after the sampling
+        if extract_answer(row["chosen"]) is None:
+            raise DataError(f"on-policy pairs need checkable answers: chosen {row['chosen'][:60]!r} has no 'Answer:' "
+                            f"(real preference data has none: train on its own pairs, -S {lab}.pairs=dataset)")
     repeated = [r for r in rows for _ in range(samples_per_prompt)]
     samples, _ = generate(model, tokenizer, [r["prompt"] for r in repeated], max_new_tokens, batch_size,
                           temperature=temperature, seed=seed)
     pairs, seen = [], set()
     for row, sample in zip(repeated, samples, strict=True):
         gold = extract_answer(row["chosen"])
-        if gold is None:
-            raise DataError(f"on-policy pairs need checkable answers: chosen {row['chosen'][:60]!r} has no 'Answer:' "
-                            f"(real preference data has none: train on its own pairs, -S {lab}.pairs=dataset)")
         if not is_correct(sample, gold) and (row["prompt"], sample) not in seen:
             seen.add((row["prompt"], sample))
             pairs.append(row | {"rejected": sample})

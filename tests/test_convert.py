@@ -337,8 +337,9 @@ def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(works
     hh, gsm = hub_like(tmp_path / "hub", rng)
     categories = ("open_qa", "summarization")
     dolly = jsonl(tmp_path / "dolly.jsonl", [
-        {"instruction": sentence(rng), "context": "" if i % 3 else sentence(rng, 20), "response": sentence(rng),
-         "category": categories[i % 2]} for i in range(300)])
+        {"instruction": sentence(rng), "context": "" if i % 3 else sentence(rng, 20),
+         "response": f"Here is what you asked for: {sentence(rng)}", "category": categories[i % 2]}
+        for i in range(300)])
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"{sentence(rng)}\n{sentence(rng)}" for _ in range(200)) + "\n")
     real_params(workspace,
@@ -353,10 +354,11 @@ def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(works
         lab(stage, cwd=workspace)
     lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace)
     short = ["-S", "evaluate.max_new_tokens=16"]  # every lab's held-out replies, cut short: the suite's time
-    proc = lab("sft", "-S", "sft.max_steps=20", *short, cwd=workspace)
+    proc = lab("sft", "-S", "sft.max_steps=60", *short, cwd=workspace)
     sft = json.loads((workspace / "metrics/sft.json").read_text())
     assert sft["val_loss"] < sft["val_loss_before"], proc.stdout
-    assert set(sft["rouge_l"]) == {*categories, "overall"} and 0 <= sft["rouge_l"]["overall"] <= 100
+    # every reply opens with the same six words: a model that learnt them shares them with every reference
+    assert set(sft["rouge_l"]) == {*categories, "overall"} and sft["rouge_l"]["overall"] > 10, sft["rouge_l"]
     assert set(sft["exact_match"]) == {*categories, "overall"}, "scored against the reference replies"
     assert f"ROUGE-L {sft['rouge_l']['overall']}" in proc.stdout
 

@@ -246,21 +246,27 @@ def real_params(ws, **sources) -> None:
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def real_files(ws, tmp_path, rng: random.Random, sft, sft_format: str, rows: dict[str, tuple[int, int]]) -> None:
+    """`ws`'s data.real on files in the real formats: `sft` (in `sft_format`), hh-rlhf and GSM8K in hub-like
+    directories and a text corpus, each kind drawn to its (rows, held-out rows)."""
+    hh, gsm = hub_like(tmp_path / "hub", rng)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"{sentence(rng)}\n{sentence(rng)}" for _ in range(200)) + "\n")
+    sizes = {kind: {"rows": n, "test_rows": held_out} for kind, (n, held_out) in rows.items()}
+    real_params(ws, corpus={"dataset": str(corpus), "format": "text", **sizes["corpus"]},
+                sft={"dataset": str(sft), "format": sft_format, **sizes["sft"]},
+                preference={"dataset": str(hh), "data_dir": "harmless-base", "format": "hh-rlhf", "test": "test",
+                            **sizes["preference"]},
+                rl={"dataset": str(gsm), "config": "main", "format": "gsm8k", "test": "test", **sizes["rl"]})
+
+
 def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(workspace, tmp_path):
     rng = random.Random(2)
-    hh, gsm = hub_like(tmp_path / "hub", rng)
     alpaca = jsonl(tmp_path / "alpaca_data.jsonl", [
         {"instruction": sentence(rng), "input": "" if i % 2 else sentence(rng), "output": sentence(rng)}
         for i in range(300)])
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"{sentence(rng)}\n{sentence(rng)}" for _ in range(150)) + "\n")
-    real_params(workspace,
-                corpus={"dataset": str(corpus), "format": "text", "rows": 100, "test_rows": 0},
-                sft={"dataset": str(alpaca), "format": "alpaca", "rows": 200, "test_rows": 50},
-                preference={"dataset": str(hh), "data_dir": "harmless-base", "format": "hh-rlhf", "test": "test",
-                            "rows": 200, "test_rows": 40},
-                rl={"dataset": str(gsm), "config": "main", "format": "gsm8k", "test": "test", "rows": 150,
-                    "test_rows": 30})
+    real_files(workspace, tmp_path, rng, alpaca, "alpaca",
+               {"corpus": (100, 0), "sft": (200, 50), "preference": (200, 40), "rl": (150, 30)})
     env = {"HF_DATASETS_CACHE": str(tmp_path / "cache")}
     untouched = {p.name: p.read_bytes() for p in (workspace / "data/raw").glob("*.jsonl")
                  if p.stem.startswith(("domain", "arith", "safety"))}
@@ -334,21 +340,13 @@ def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(works
     reward, dpo, grpo and evaluate, each on a few steps (a tiny model shows that the pipeline runs, not quality).
     Dolly's categories are the sft file's families, so the held-out rows each lab scored are told apart."""
     rng = random.Random(4)
-    hh, gsm = hub_like(tmp_path / "hub", rng)
     categories = ("open_qa", "summarization")
     dolly = jsonl(tmp_path / "dolly.jsonl", [
         {"instruction": sentence(rng), "context": "" if i % 3 else sentence(rng, 20),
          "response": f"Here is what you asked for: {sentence(rng)}", "category": categories[i % 2]}
         for i in range(300)])
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(f"{sentence(rng)}\n{sentence(rng)}" for _ in range(200)) + "\n")
-    real_params(workspace,
-                corpus={"dataset": str(corpus), "format": "text", "rows": 150, "test_rows": 0},
-                sft={"dataset": str(dolly), "format": "dolly", "rows": 250, "test_rows": 40},
-                preference={"dataset": str(hh), "data_dir": "harmless-base", "format": "hh-rlhf", "test": "test",
-                            "rows": 200, "test_rows": 40},
-                rl={"dataset": str(gsm), "config": "main", "format": "gsm8k", "test": "test", "rows": 100,
-                    "test_rows": 20})
+    real_files(workspace, tmp_path, rng, dolly, "dolly",
+               {"corpus": (150, 0), "sft": (250, 40), "preference": (200, 40), "rl": (100, 20)})
     lab("data", cwd=workspace, env={"HF_DATASETS_CACHE": str(tmp_path / "cache")})
     for stage in ("prepare", "tokenizer"):
         lab(stage, cwd=workspace)

@@ -37,6 +37,7 @@ from labs.core.config import Section, Tier
 from labs.core.data import read_jsonl
 from labs.core.evaluation import (
     MeasureParams,
+    checkable,
     exact_match,
     extract_answer,
     final_answer,
@@ -155,7 +156,7 @@ def judged_win_rates(judge_path: str | Path, test: list[dict], answers: dict[str
 def run(params: Params) -> dict:
     test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
     # real instruction data has reference replies, not answers to check: GSM8K's problems are scored as well
-    rl_test = None if all("answer" in r for r in test) else read_jsonl(PREPARED / "rl_test.jsonl", "rl")
+    rl_test = None if checkable(test) else read_jsonl(PREPARED / "rl_test.jsonl", "rl")
     corpus = [r["text"] for r in read_jsonl(PREPARED / "corpus_val.jsonl", "text")]
     safety = probe_rows(PREPARED)
     paths = {name: require(MODELS / name, "config.json", name) for name in params.evaluate.models}

@@ -26,6 +26,7 @@ from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import read_jsonl, user_turn
 from labs.core.evaluation import (
     MeasureParams,
+    checkable,
     exact_match,
     extract_answer,
     generate,
@@ -100,7 +101,7 @@ def held_out(prepared: Path) -> list[dict]:
     was taught), or, where that file holds reference replies only (real instruction data), the rl test file's
     (GSM8K's test split: the task GRPO trained on)."""
     test = read_jsonl(prepared / "sft_test.jsonl", "sft")
-    return test if all("answer" in r for r in test) else read_jsonl(prepared / "rl_test.jsonl", "rl")
+    return test if checkable(test) else read_jsonl(prepared / "rl_test.jsonl", "rl")
 
 
 def run(params: Params) -> dict:

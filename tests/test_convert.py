@@ -372,7 +372,7 @@ def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(works
     dpo = json.loads((workspace / "metrics/dpo.json").read_text())
     assert set(dpo["rouge_l_before"]) == set(dpo["rouge_l"]) == {*categories, "overall"}
     assert dpo["rouge_l_before"] == sft["rouge_l"], "before: the SFT model's greedy replies, scored alike"
-    assert "ROUGE-L" in proc.stdout and 0 <= dpo["win_rate"] <= 100
+    assert "ROUGE-L" in proc.stdout
     lab("grpo", "-S", "grpo.max_steps=2", *short, cwd=workspace)
     grpo = json.loads((workspace / "metrics/grpo.json").read_text())
     assert set(grpo["exact_match"]) == {"all", "overall"}, "GRPO is scored on GSM8K's test split, not on Dolly's"
@@ -383,5 +383,7 @@ def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(works
     assert set(models) == {"sft", "dpo", "grpo"}
     assert abs(models["sft"]["rouge_l"] - sft["rouge_l"]["overall"]) <= 0.01, "evaluate scores sft's replies alike"
     for m in models.values():
-        assert 0 <= m["rl_exact_match"] <= 100 and 0 <= m["rl_format_rate"] <= 100 and "chrf" in m and "reward" in m
+        assert {"rl_exact_match", "rl_format_rate", "rouge_l", "chrf", "reward", "win_rate"} <= set(m)
+    # the same greedy replies to GSM8K's split, scored by grpo after training and by evaluate from its saved model
+    assert models["grpo"]["rl_exact_match"] == grpo["exact_match"]["overall"]
     assert "rl EM %" in proc.stdout

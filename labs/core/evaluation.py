@@ -274,10 +274,15 @@ def rouge_l(rows: list[dict], completions: list[str]) -> dict[str, float]:
                              for r, c in zip(rows, completions, strict=True)])
 
 
+def checkable(rows: list[dict]) -> bool:
+    """Whether every row has an answer to check (the task world's, GSM8K's), not only a reference reply."""
+    return all("answer" in r for r in rows)
+
+
 def reference_scores(rows: list[dict], completions: list[str]) -> dict[str, dict[str, float]]:
     """Held-out scores against the references: exact match, and ROUGE-L where the rows have no answer to check."""
     scores = {"exact_match": exact_match(rows, completions)}
-    if not all("answer" in r for r in rows):
+    if not checkable(rows):
         scores["rouge_l"] = rouge_l(rows, completions)
     return scores
 

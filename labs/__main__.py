@@ -77,6 +77,10 @@ def run_lab(name: str, argv: list[str]) -> int:
         from labs.core.run import launch
 
         return launch(name, section, argv)
+    if "LAB_PROCESSES" in os.environ:  # one of the processes `launch` started through torchrun
+        from labs.core.run import die_with_parent
+
+        die_with_parent()
     from labs.core.runner import execute
 
     started = time.perf_counter()

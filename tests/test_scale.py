@@ -1,6 +1,6 @@
 """scale on the tiny project `built` made: DDP, FSDP2, ZeRO-2 and ZeRO-3 on two processes against one process on
 the same rows, a two-node run of the worker through `just scale-node`, and the worker's refusals; and a lab's own
-trainer on two processes (`sft.procs`)."""
+trainer on two processes under each strategy (`sft.procs`, `sft.strategy`)."""
 
 import json
 import os
@@ -146,30 +146,72 @@ def test_the_worker_refuses_a_strategy_without_its_processes_and_a_misspelt_sect
     assert not (tmp_path / "model").exists() and not (tmp_path / "reports").exists()
 
 
-def test_sft_on_two_processes_follows_one_process_step_for_step_and_saves_the_same_format(workspace):
-    """`sft.procs: 2` starts the lab's own TRL trainer on two processes (torchrun, DDP over gloo), each taking half
-    of every step's rows: the loss per step is one process's on the whole batch, to float rounding. Without the
-    processes' gradients averaged (what accelerate's mark after the evaluation before training did), each trained
-    its own copy and the curves parted by 0.07 within six steps."""
+def lab_processes_of(workspace: Path) -> list[psutil.Process]:
+    """Every `python -m labs` process running in `workspace`."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if process.info["cwd"] == str(workspace) and "labs" in (process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_sft_on_two_processes_under_every_strategy_follows_one_process_and_a_killed_run_resumes(workspace):
+    """`sft.procs: 2` starts the lab's own TRL trainer on two processes (torchrun, over gloo), each taking half of
+    every step's rows, under `sft.strategy` ddp, fsdp2, zero2 or zero3: the loss per step is one process's on the
+    whole batch, to float rounding, and the saved model is the same plain directory with the same weights.
+    Without the processes' gradients averaged (what accelerate's mark after the evaluation before training did),
+    each trained its own copy and the curves parted by 0.07 within six steps. Then a kill -9 of the lab's command
+    alone mid-run takes torchrun and both processes down, and the same command resumes under zero3 from
+    DeepSpeed's checkpoint to the uninterrupted run's weights."""
     lab("tokenizer", cwd=workspace)
     lab("pretrain", "-S", "pretrain.max_steps=10", cwd=workspace)
-    curves, runs, files = {}, {}, {}
-    for procs in (1, 2):
-        lab("sft", "-S", "sft.max_steps=6", "-S", "sft.logging_steps=1", "-S", f"sft.procs={procs}", cwd=workspace)
+    short = ["-S", "sft.max_steps=6", "-S", "sft.logging_steps=1", "-S", "sft.safety=false",
+             "-S", "evaluate.max_new_tokens=8"]  # the held-out answers every process writes stay short
+    zero3 = [*short, "-S", "sft.procs=2", "-S", "sft.strategy=zero3", "-S", "sft.save_steps=3"]  # to kill, below
+    curves, runs, files, weights = {}, {}, {}, {}
+    for procs, strategy in ((1, "ddp"), *((2, s) for s in STRATEGIES)):
+        lab("sft", *(zero3 if strategy == "zero3" else
+                     [*short, "-S", f"sft.procs={procs}", "-S", f"sft.strategy={strategy}"]), cwd=workspace)
+        key = strategy if procs == 2 else "one"
         lines = (workspace / "plots/sft/metrics/train/loss.tsv").read_text().splitlines()[1:]
-        curves[procs] = [float(line.split("\t")[1]) for line in lines]
-        runs[procs] = load(workspace / "metrics/sft.json")["run"]
-        files[procs] = sorted(p.name for p in (workspace / "models/sft").iterdir())
-    assert len(curves[1]) == len(curves[2]) == 6
-    assert max(abs(a - b) for a, b in zip(curves[1], curves[2], strict=True)) < 1e-4, curves
-    assert runs[2]["world_size"] == 2 and runs[2]["strategy"] == "ddp" and len(runs[2]["per_process"]) == 2
-    assert all(p["peak_rss_mb"] > 100 for p in runs[2]["per_process"]) and "world_size" not in runs[1]
-    assert files[1] == files[2], "the same plain transformers directory"
-    assert load(workspace / "models/sft/run_card.json")["processes"] == {"procs": 2, "strategy": "ddp"}
+        curves[key] = [float(line.split("\t")[1]) for line in lines]
+        runs[key] = load(workspace / "metrics/sft.json")["run"]
+        files[key] = sorted(p.name for p in (workspace / "models/sft").iterdir())
+        with safe_open(workspace / "models/sft/model.safetensors", "pt") as saved:
+            weights[key] = {name: saved.get_tensor(name) for name in saved.keys()}  # noqa: SIM118
+        if procs == 2:
+            assert load(workspace / "models/sft/run_card.json")["processes"] == {"procs": 2, "strategy": strategy}
+    reference = (workspace / "models/sft/model.safetensors").read_bytes()  # zero3's, the last
+    assert "world_size" not in runs["one"] and len(curves["one"]) == 6
+    for strategy in STRATEGIES:
+        assert max(abs(a - b) for a, b in zip(curves["one"], curves[strategy], strict=True)) < 1e-4, strategy
+        assert runs[strategy]["world_size"] == 2 and runs[strategy]["strategy"] == strategy
+        assert len(runs[strategy]["per_process"]) == 2
+        assert all(p["peak_rss_mb"] > 100 for p in runs[strategy]["per_process"])
+        assert files[strategy] == files["one"], "the same plain transformers directory"
+        assert weights[strategy].keys() == weights["one"].keys()
+        gap = max(float((weights[strategy][k] - weights["one"][k]).abs().max()) for k in weights["one"])
+        assert gap < 1e-5, (strategy, gap)  # gathered whole from the shards, trained as one process did
     assert load_model(workspace / "models/sft", "fp32").num_parameters() > 0
 
-    before = (workspace / "models/sft/model.safetensors").read_bytes()
+    killed = subprocess.Popen([sys.executable, "-m", "labs", "sft", *zero3], cwd=workspace, env=lab_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(workspace.glob(".checkpoints/sft/*/checkpoint-3/trainer_state.json")):
+        assert killed.poll() is None and time.time() < deadline, "no checkpoint was written"
+        time.sleep(0.1)
+    time.sleep(1)  # let the checkpoint finish writing before the kill
+    assert killed.poll() is None, "the run ended before the kill: nothing was interrupted"
+    killed.kill()  # SIGKILL to the lab's command only: torchrun and the two processes must follow it
+    killed.wait()
+    psutil.wait_procs(lab_processes_of(workspace), timeout=30)
+    assert not lab_processes_of(workspace), "a process of the killed run lives on"
+    assert (workspace / "models/sft/model.safetensors").read_bytes() == reference, "a killed run writes nothing"
+    resumed = lab("sft", *zero3, cwd=workspace)
+    assert "resuming from" in resumed.stdout and load(workspace / "metrics/sft.json")["resumed_from_step"] in (3, 6)
+    assert (workspace / "models/sft/model.safetensors").read_bytes() == reference
+
     proc = lab("sft", "-S", "sft.procs=2", "-S", "sft.batch_size=15", cwd=workspace, check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: params.yaml: sft.batch_size: 15 rows a step do not split over sft.procs = 2 processes"), proc.stderr
-    assert (workspace / "models/sft/model.safetensors").read_bytes() == before
+    assert (workspace / "models/sft/model.safetensors").read_bytes() == reference

@@ -67,13 +67,14 @@ class ModelShape(Section):
 
 class Processes(Section):
     """Several processes training one model at once (`dvc exp run -S sft.procs=2 sft`): each takes its share of
-    every step's `batch_size` rows and DDP averages their gradients, so the steps, rows and schedule are one
-    process's."""
+    every step's `batch_size` rows and their gradients are averaged (under DDP, FSDP2 or DeepSpeed ZeRO), so the
+    steps, rows and schedule are one process's."""
 
     procs: int = Field(1, ge=1)
     """processes training together on this machine (1: the lab's own process)"""
-    strategy: Literal["ddp"] = "ddp"
-    """how they share the model: ddp (a whole copy each); `scale` shows FSDP2 and ZeRO"""
+    strategy: Literal["ddp", "fsdp2", "zero2", "zero3"] = "ddp"
+    """how they share the model: ddp (a whole copy each), fsdp2 or zero3 (shards of everything), zero2 (shards
+    of the optimizer state and gradients)"""
 
 
 class TrainParams(Section):

@@ -14,9 +14,9 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-from labs.core.config import ModelShape, Section, TrainParams
+from labs.core.config import ModelShape, Processes, Section, TrainParams
 from labs.core.data import DataError
-from labs.core.run import lab_processes
+from labs.core.run import lab_processes, strategy_kwargs
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -154,7 +154,7 @@ def trainer_kwargs(params: Section, train: TrainParams, output_dir: Path) -> dic
     checkpointing ~40% slower, so both come from params and are off on the CPU tier.
     """
     gpu = use_gpu(params)
-    return dict(
+    kwargs = dict(
         output_dir=str(output_dir),
         seed=params.seed,
         data_seed=params.seed,
@@ -184,3 +184,6 @@ def trainer_kwargs(params: Section, train: TrainParams, output_dir: Path) -> dic
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",  # for tokens/s in metrics
     )
+    if isinstance(train, Processes) and lab_processes() > 1:
+        kwargs |= strategy_kwargs(train.strategy, gpu)  # how the processes share the model
+    return kwargs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -68,6 +69,76 @@ def barrier() -> None:
 
     if lab_processes() > 1 and dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def deepspeed_config(stage: int) -> dict:
+    """DeepSpeed ZeRO at `stage`; "auto" takes batch, clipping and precision from the trainer's own arguments, so
+    one config serves every tier. The trainer's own AdamW and schedule train, as under ddp and fsdp2."""
+    return {"zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": stage == 3},
+            "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+            "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+            "zero_allow_untested_optimizer": True}  # torch's AdamW, which DeepSpeed has not certified
+
+
+# What each strategy adds to the trainer's arguments (TrainingArguments' `fsdp`, `fsdp_config`, `deepspeed`).
+STRATEGIES = {
+    "ddp": {},  # accelerate's default for several processes
+    # FSDP2 (`fully_shard`) on each decoder layer: parameters, gradients and optimizer state sharded
+    "fsdp2": {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True,
+                                             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}},
+    "zero2": {"deepspeed": deepspeed_config(2)},  # optimizer state and gradients sharded
+    "zero3": {"deepspeed": deepspeed_config(3)},  # parameters too
+}
+
+
+def strategy_kwargs(strategy: str, gpu: bool) -> dict:
+    """The trainer's arguments for `strategy` when `launch` started several processes.
+
+    On GPUs accelerate sets FSDP and DeepSpeed up from these arguments alone. On CPU it enables neither: an FSDP
+    config trains plain DDP without a word, and under DeepSpeed it counts one process (DeepSpeed then stops at
+    its batch check). So on CPU this sets accelerate's process state up first, over gloo, the way its GPU path
+    would, and the trainer takes it as configured."""
+    kwargs = dict(STRATEGIES[strategy])
+    if gpu or strategy == "ddp":
+        return kwargs
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    if strategy.startswith("zero"):
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # DeepSpeed joins the processes (its comm, over gloo)
+        try:
+            PartialState(backend="gloo")
+        finally:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    else:
+        state = PartialState(cpu=True, backend="gloo")
+        state.distributed_type = DistributedType.MULTI_GPU  # the kind accelerate's FSDP path takes; tensors stay on CPU
+    # use_cpu would make accelerate skip DeepSpeed; the device is the CPU either way (no GPU here)
+    return kwargs | {"use_cpu": False, "accelerator_config": {"use_configured_state": True}}
+
+
+def whole_model(trainer):
+    """The trained model, every weight in place, as a plain transformers model on every process.
+
+    Under ddp (or one process) that is `trainer.model`. Under fsdp2 and zero3 each process holds a shard of
+    each weight (under zero2 the whole weights, wrapped in DeepSpeed's engine): accelerate gathers them on rank 0,
+    which shares them with the other processes, and each loads them into a fresh model of the same config."""
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    if lab_processes() == 1 or not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return trainer.model
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # a collective: every process calls it
+    shared = [state if is_main_process() else None]
+    dist.broadcast_object_list(shared, src=0)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    unset_hf_deepspeed_config()  # else transformers would build the fresh model partitioned, as ZeRO-3 does
+    model = AutoModelForCausalLM.from_config(trained.config, dtype=next(iter(shared[0].values())).dtype)
+    model.load_state_dict(shared[0])
+    model.generation_config = copy.deepcopy(trained.generation_config)  # from_config would derive its own
+    return model.to(trainer.args.device).eval()
 
 
 @contextlib.contextmanager
@@ -181,6 +252,15 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def die_with_parent() -> None:
+    """In a child process before it starts its work: Linux sends it SIGTERM if its parent dies, even by SIGKILL, so
+    nothing is left running on its own (a served engine, a lab's training processes writing its outputs)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def launch(lab: str, section, argv: list[str]) -> int:
     """`python -m labs LAB ARGV` in `section.procs` processes, through torchrun (`--standalone`: a rendezvous on a
     free local port); the trainer joins them through accelerate, over gloo on CPU. Each process gets its share of
@@ -192,7 +272,9 @@ def launch(lab: str, section, argv: list[str]) -> int:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={section.procs}",
                "--local-ranks-filter=0", "-m", "labs", lab, *argv]  # rank 0's output: the others print the same
     env = os.environ | {"LAB_PROCESSES": str(section.procs), "LAB_THREADS": threads, "OMP_NUM_THREADS": threads}
-    return subprocess.run(command, env=env).returncode
+    # torchrun dies with this process and the lab's processes with torchrun (labs/__main__.py): a killed run
+    # leaves none of them training on and writing its outputs later
+    return subprocess.run(command, env=env, preexec_fn=die_with_parent).returncode
 
 
 def run_card(lab: str, params, section) -> dict:

@@ -15,7 +15,16 @@ from labs.core.config import Section, TrainParams
 from labs.core.data import assistant_turn, read_jsonl, user_turn
 from labs.core.evaluation import generate, percent, perplexity, reference_scores
 from labs.core.models import trainer_kwargs
-from labs.core.run import checkpoint_dir, finish_checkpoints, run_card, save_curves, show_progress, train_resumable
+from labs.core.run import (
+    checkpoint_dir,
+    finish_checkpoints,
+    lab_processes,
+    run_card,
+    save_curves,
+    show_progress,
+    train_resumable,
+    whole_model,
+)
 
 PREPARED = Path("data/prepared")
 
@@ -51,10 +60,12 @@ def train_on_corpus(params: Section, cfg: TrainParams, lab: str, model, tokenize
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val,
                          processing_class=tokenizer)
     show_progress(trainer, lab)
-    metrics = {"val_loss_before": round(trainer.evaluate()["eval_loss"], 4)}
+    metrics = {"val_loss_before": loss_before_training(trainer)}
     if train:
         metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+    if train:
+        trainer.model = whole_model(trainer)  # what the lab saves, gathered from the processes' shards
     save_curves(lab, trainer.state.log_history)
     finish_checkpoints(checkpoints)
     return trainer, metrics, card
@@ -80,14 +91,38 @@ def chat_args(params: Section, cfg: TrainParams, lab: str, base: Path, **overrid
     )
 
 
+def loss_before_training(trainer) -> float:
+    """Validation loss of the model as training starts.
+
+    On several processes the trainer's own evaluation would set the model up for the strategy before training
+    does, which FSDP2 refuses (it shards a model and its optimizer together) and ZeRO-2 too (DeepSpeed's engine
+    for evaluation is ZeRO-3's). So each process evaluates its share of the rows on the model as it was loaded,
+    and train() sets the model up (train_resumable)."""
+    if lab_processes() == 1:
+        return round(trainer.evaluate()["eval_loss"], 4)
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    trainer.accelerator.prepare_model(trainer.model, evaluation_mode=True)  # marked ready as it is
+    deepspeed, trainer.is_deepspeed_enabled = trainer.is_deepspeed_enabled, False
+    if deepspeed:
+        unset_hf_deepspeed_config()  # nothing is partitioned yet: TRL's loss must not gather ZeRO-3's shards
+    try:
+        return round(trainer.evaluate()["eval_loss"], 4)
+    finally:
+        trainer.is_deepspeed_enabled = deepspeed
+        if deepspeed:
+            set_hf_deepspeed_config(trainer.args.hf_deepspeed_config)
+
+
 def fit(trainer, card: dict, lab: str) -> dict:
     """Train (resuming from the last checkpoint of the same run); validation loss before and after, the
     training stats, the loss curves in plots/."""
     checkpoints = Path(trainer.args.output_dir)
     show_progress(trainer, lab)
-    metrics = {"val_loss_before": round(trainer.evaluate()["eval_loss"], 4)}
+    metrics = {"val_loss_before": loss_before_training(trainer)}
     metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+    trainer.model = whole_model(trainer)  # what the lab measures and saves, gathered from the processes' shards
     save_curves(lab, trainer.state.log_history)
     finish_checkpoints(checkpoints)
     return metrics

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from labs.core.run import die_with_parent
+
 ENGINES = ("transformers", "vllm", "llama-server")
 ROOT = Path(__file__).resolve().parents[2]
 # where `just vllm-env` and `just llama-server` put their builds; the tests point these at a shared checkout's
@@ -193,14 +195,6 @@ def proxy(process: subprocess.Popen, socket_path: str, limits, args) -> None:
         watcher.cancel()
 
     asyncio.run(main())
-
-
-def die_with_parent() -> None:
-    """In the engine's process before it starts: Linux sends it SIGTERM if the guard's process dies, even by
-    SIGKILL, so no engine is left running on its own."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def stopped_by_signal(signum, _frame) -> None:

@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from labs.core.config import load_params
     from labs.core.models import load_tokenizer, require
+    from labs.core.run import die_with_parent
     from labs.rag import READER, Retrieval
     from labs.serve import Params
-    from labs.serve.engines import ENGINES, EngineError, die_with_parent, wait_ready
+    from labs.serve.engines import ENGINES, EngineError, wait_ready
     from labs.serve.lab import free_port
 
     parser = argparse.ArgumentParser(prog="python -m labs.serve.rag", description=main.__doc__)

@@ -222,6 +222,17 @@ scale-node NODES RANK ADDRESS STRATEGY="ddp" PROCS="1" *SETTINGS: _env
         --master-addr "${address%:*}" --master-port "${address##*:}" -m labs.scale.worker --strategy {{STRATEGY}} \
         --out runs/scale-node/{{STRATEGY}}/model --reports runs/scale-node/{{STRATEGY}} "${settings[@]}"
 
+# Every node runs this with the same NODES and ADDRESS (node 0's host and a free port) and its own RANK, in a checkout
+# with the lab's inputs; the lab's own section gives the processes per node (`procs`) and the strategy. Node 0 writes
+# the outputs; the trainer's checkpoints (.checkpoints/) must be on storage every node sees.
+# one node of a lab's run across machines: `just lab-node 2 0 10.0.0.5:29500 sft` (then rank 1 elsewhere)
+lab-node NODES RANK ADDRESS NAME *SETTINGS: _env
+    #!/usr/bin/env bash
+    set -euo pipefail
+    settings=()
+    for setting in {{SETTINGS}}; do settings+=(-S "$setting"); done
+    LAB_NODES={{NODES}} LAB_NODE_RANK={{RANK}} LAB_RENDEZVOUS={{ADDRESS}} python -m labs {{NAME}} "${settings[@]}"
+
 # The pairs come from the `label` stage (built first if missing). Beyond this machine: LABEL_TOKEN=secret
 # `python -m labs.label --host 0.0.0.0`, and labellers open http://HOST:8010/#token=secret.
 # the labelling page on 127.0.0.1:8010 until Ctrl-C; then DVC records the judgements (`just label 8011`)

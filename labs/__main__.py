@@ -73,7 +73,8 @@ def run_lab(name: str, argv: list[str]) -> int:
 
     params = lab_params(name, args.params, args.set)
     section = getattr(params, name, None)
-    if isinstance(section, Processes) and section.procs > 1 and "LAB_PROCESSES" not in os.environ:  # not yet launched
+    several = isinstance(section, Processes) and (section.procs > 1 or os.environ.get("LAB_NODES", "1") != "1")
+    if several and "LAB_PROCESSES" not in os.environ:  # not yet launched
         from labs.core.run import launch
 
         return launch(name, section, argv)

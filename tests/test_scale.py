@@ -155,32 +155,50 @@ def lab_processes_of(workspace: Path) -> list[psutil.Process]:
     return found
 
 
-def test_sft_on_two_processes_under_every_strategy_follows_one_process_and_a_killed_run_resumes(workspace):
+def two_nodes(workspace: Path, name: str, settings: list[str]) -> None:
+    """`just lab-node` twice on 127.0.0.1: node 1 in the background, node 0 until it ends."""
+    node = ["just", "lab-node", "2", "RANK", f"127.0.0.1:{free_port()}", name, *settings]
+    log = workspace / "node1.log"
+    with log.open("w") as output:
+        second = subprocess.Popen([*node[:3], "1", *node[4:]], cwd=workspace, env=lab_env(), stdout=output,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run([*node[:3], "0", *node[4:]], cwd=workspace, timeout=300)
+        assert second.wait(timeout=60) == 0, log.read_text()[-3000:]
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+
+
+def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_and_resumes_after_a_kill(workspace):
     """`sft.procs: 2` starts the lab's own TRL trainer on two processes (torchrun, over gloo), each taking half of
-    every step's rows, under `sft.strategy` ddp, fsdp2, zero2 or zero3: the loss per step is one process's on the
-    whole batch, to float rounding, and the saved model is the same plain directory with the same weights.
-    Without the processes' gradients averaged (what accelerate's mark after the evaluation before training did),
-    each trained its own copy and the curves parted by 0.07 within six steps. Then a kill -9 of the lab's command
-    alone mid-run takes torchrun and both processes down, and the same command resumes under zero3 from
-    DeepSpeed's checkpoint to the uninterrupted run's weights."""
+    every step's rows, under `sft.strategy` fsdp2, zero2 or zero3; `just lab-node` runs it on two "nodes" of one
+    process each (ddp). The loss per step is one process's on the whole batch, to float rounding, and the saved
+    model is the same plain directory with the same weights. Without the processes' gradients averaged (what
+    accelerate's mark after the evaluation before training did), each trained its own copy and the curves parted by
+    0.07 within six steps. Then a kill -9 of the lab's command alone mid-run takes torchrun and both processes
+    down, and the same command resumes under zero3 from DeepSpeed's checkpoint to the uninterrupted run's bytes."""
     lab("tokenizer", cwd=workspace)
     lab("pretrain", "-S", "pretrain.max_steps=10", cwd=workspace)
     short = ["-S", "sft.max_steps=6", "-S", "sft.logging_steps=1", "-S", "sft.safety=false",
              "-S", "evaluate.max_new_tokens=8"]  # the held-out answers every process writes stay short
     zero3 = [*short, "-S", "sft.procs=2", "-S", "sft.strategy=zero3", "-S", "sft.save_steps=3"]  # to kill, below
     curves, runs, files, weights = {}, {}, {}, {}
-    for procs, strategy in ((1, "ddp"), *((2, s) for s in STRATEGIES)):
-        lab("sft", *(zero3 if strategy == "zero3" else
-                     [*short, "-S", f"sft.procs={procs}", "-S", f"sft.strategy={strategy}"]), cwd=workspace)
-        key = strategy if procs == 2 else "one"
+    for key in ("one", *STRATEGIES):
+        if key == "ddp":  # as two "nodes" of one process each, meeting at node 0's address as two machines would
+            two_nodes(workspace, "sft", short[1::2])
+        else:
+            procs = ["-S", "sft.procs=1"] if key == "one" else ["-S", "sft.procs=2", "-S", f"sft.strategy={key}"]
+            lab("sft", *(zero3 if key == "zero3" else [*short, *procs]), cwd=workspace)
         lines = (workspace / "plots/sft/metrics/train/loss.tsv").read_text().splitlines()[1:]
         curves[key] = [float(line.split("\t")[1]) for line in lines]
         runs[key] = load(workspace / "metrics/sft.json")["run"]
         files[key] = sorted(p.name for p in (workspace / "models/sft").iterdir())
         with safe_open(workspace / "models/sft/model.safetensors", "pt") as saved:
             weights[key] = {name: saved.get_tensor(name) for name in saved.keys()}  # noqa: SIM118
-        if procs == 2:
-            assert load(workspace / "models/sft/run_card.json")["processes"] == {"procs": 2, "strategy": strategy}
+        card = load(workspace / "models/sft/run_card.json").get("processes")
+        assert card == (None if key == "one" else {"procs": 1, "strategy": "ddp", "nodes": 2} if key == "ddp"
+                        else {"procs": 2, "strategy": key})
     reference = (workspace / "models/sft/model.safetensors").read_bytes()  # zero3's, the last
     assert "world_size" not in runs["one"] and len(curves["one"]) == 6
     for strategy in STRATEGIES:

@@ -261,17 +261,42 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def lab_nodes() -> tuple[int, int, str]:
+    """This machine's place in a lab's run across machines (`just lab-node`): the node count, this node's rank and
+    node 0's HOST:PORT, from LAB_NODES, LAB_NODE_RANK and LAB_RENDEZVOUS; (1, 0, "") on one machine."""
+    nodes = os.environ.get("LAB_NODES", "1")
+    if not nodes.isdigit() or int(nodes) < 1:
+        raise ConfigError(f"LAB_NODES: expected a node count of 1 or more, got {nodes!r}")
+    if int(nodes) == 1:
+        return 1, 0, ""
+    rank, address = os.environ.get("LAB_NODE_RANK", ""), os.environ.get("LAB_RENDEZVOUS", "")
+    if not rank.isdigit() or int(rank) >= int(nodes):
+        raise ConfigError(f"LAB_NODE_RANK: expected this node's rank, 0 to {int(nodes) - 1}, got {rank!r}")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"LAB_RENDEZVOUS: expected node 0's HOST:PORT, got {address!r}")
+    return int(nodes), int(rank), address
+
+
 def launch(lab: str, section, argv: list[str]) -> int:
     """`python -m labs LAB ARGV` in `section.procs` processes, through torchrun (`--standalone`: a rendezvous on a
     free local port); the trainer joins them through accelerate, over gloo on CPU. Each process gets its share of
-    the machine's threads. `accelerate launch --cpu --num_processes 2` would start one process, not two."""
-    if section.batch_size % section.procs:
+    the machine's threads. `accelerate launch --cpu --num_processes 2` would start one process, not two. Across
+    machines (lab_nodes) every node runs this with node 0's address, and the processes of all nodes train as one."""
+    nodes, node_rank, address = lab_nodes()
+    world = section.procs * nodes
+    if section.batch_size % world:
+        across = f" on each of {nodes} nodes" if nodes > 1 else ""
         raise ConfigError(f"{PARAMS_FILE}: {lab}.batch_size: {section.batch_size} rows a step do not split over "
-                          f"{lab}.procs = {section.procs} processes")
+                          f"{lab}.procs = {section.procs} processes{across}")
     threads = str(max(1, default_threads() // section.procs))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={section.procs}",
-               "--local-ranks-filter=0", "-m", "labs", lab, *argv]  # rank 0's output: the others print the same
-    env = os.environ | {"LAB_PROCESSES": str(section.procs), "LAB_THREADS": threads, "OMP_NUM_THREADS": threads}
+    where = ["--standalone"]
+    if nodes > 1:
+        host, _, port = address.rpartition(":")
+        where = [f"--nnodes={nodes}", f"--node-rank={node_rank}", f"--master-addr={host}", f"--master-port={port}"]
+    command = [sys.executable, "-m", "torch.distributed.run", *where, f"--nproc-per-node={section.procs}",
+               "--local-ranks-filter=0", "-m", "labs", lab, *argv]  # local rank 0's output: the others print the same
+    env = os.environ | {"LAB_PROCESSES": str(world), "LAB_THREADS": threads, "OMP_NUM_THREADS": threads}
     # torchrun dies with this process and the lab's processes with torchrun (labs/__main__.py): a killed run
     # leaves none of them training on and writing its outputs later
     return subprocess.run(command, env=env, preexec_fn=die_with_parent).returncode
@@ -291,8 +316,11 @@ def run_card(lab: str, params, section) -> dict:
         "config": section.model_dump(mode="json", exclude={"procs", "strategy"} if several else None),
         "versions": package_versions(),
     }
-    if several and section.procs > 1:
+    nodes = lab_nodes()[0] if several else 1
+    if several and section.procs * nodes > 1:
         card["processes"] = {"procs": section.procs, "strategy": section.strategy}
+        if nodes > 1:
+            card["processes"]["nodes"] = nodes
     return card
 
 
@@ -352,6 +380,8 @@ def checkpoint_dir(lab: str, config: dict, inputs: list[str | Path]) -> Path:
     """
     root = CHECKPOINT_ROOT / lab
     machine = {"threads": default_threads(), "kernels": {name: os.environ.get(name) for name in kernels.PINS}}
+    if lab_processes() > 1:  # the processes split each step's rows: another count sums in another order
+        machine["processes"] = lab_processes()
     current = root / fingerprint(config | {"computed_with": machine}, inputs)
     if root.exists():  # only fingerprints: a lab's nested runs (`lora/seed-1`) keep their own checkpoints
         for stale in root.iterdir():

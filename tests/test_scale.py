@@ -183,7 +183,7 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
     short = ["-S", "sft.max_steps=6", "-S", "sft.logging_steps=1", "-S", "sft.safety=false",
              "-S", "evaluate.max_new_tokens=8"]  # the held-out answers every process writes stay short
     zero3 = [*short, "-S", "sft.procs=2", "-S", "sft.strategy=zero3", "-S", "sft.save_steps=3"]  # to kill, below
-    curves, runs, files, weights = {}, {}, {}, {}
+    curves, runs, files, weights, held = {}, {}, {}, {}, {}
     for key in ("one", *STRATEGIES):
         if key == "ddp":  # as two "nodes" of one process each, meeting at node 0's address as two machines would
             two_nodes(workspace, "sft", short[1::2])
@@ -193,6 +193,7 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
         lines = (workspace / "plots/sft/metrics/train/loss.tsv").read_text().splitlines()[1:]
         curves[key] = [float(line.split("\t")[1]) for line in lines]
         runs[key] = load(workspace / "metrics/sft.json")["run"]
+        held[key] = load(workspace / "metrics/sft.json").get("parameters_per_process")
         files[key] = sorted(p.name for p in (workspace / "models/sft").iterdir())
         with safe_open(workspace / "models/sft/model.safetensors", "pt") as saved:
             weights[key] = {name: saved.get_tensor(name) for name in saved.keys()}  # noqa: SIM118
@@ -200,7 +201,11 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
         assert card == (None if key == "one" else {"procs": 1, "strategy": "ddp", "nodes": 2} if key == "ddp"
                         else {"procs": 2, "strategy": key})
     reference = (workspace / "models/sft/model.safetensors").read_bytes()  # zero3's, the last
-    assert "world_size" not in runs["one"] and len(curves["one"]) == 6
+    assert "world_size" not in runs["one"] and len(curves["one"]) == 6 and held["one"] is None
+    total = load(workspace / "metrics/sft.json")["parameters"]
+    assert held["ddp"] == held["zero2"] == [total, total]  # a whole copy each (zero2 shards optimizer state only)
+    for sharded in ("fsdp2", "zero3"):  # each a shard; together at least the model (zero3 pads its partitions)
+        assert max(held[sharded]) < total <= sum(held[sharded]), (sharded, held[sharded], total)
     for strategy in STRATEGIES:
         assert max(abs(a - b) for a, b in zip(curves["one"], curves[strategy], strict=True)) < 1e-4, strategy
         assert runs[strategy]["world_size"] == 2 and runs[strategy]["strategy"] == strategy

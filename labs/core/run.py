@@ -141,6 +141,24 @@ def whole_model(trainer):
     return model.to(trainer.args.device).eval()
 
 
+def parameters_per_process(trainer) -> list[int]:
+    """How many parameter values each process holds after training: all of them under ddp and zero2, its shard
+    under fsdp2 (a DTensor's local part) and zero3 (DeepSpeed's partition). A collective: every process calls it."""
+    import torch.distributed as dist
+
+    held = 0
+    for parameter in trainer.model_wrapped.parameters():
+        if hasattr(parameter, "ds_tensor"):
+            held += parameter.ds_tensor.numel()
+        elif hasattr(parameter, "to_local"):
+            held += parameter.to_local().numel()
+        else:
+            held += parameter.numel()
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, held)
+    return counts
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | Path):
     """Yield a temporary sibling of `dest`; on success it replaces `dest`, on failure it is removed.

@@ -19,6 +19,7 @@ from labs.core.run import (
     checkpoint_dir,
     finish_checkpoints,
     lab_processes,
+    parameters_per_process,
     run_card,
     save_curves,
     show_progress,
@@ -65,7 +66,7 @@ def train_on_corpus(params: Section, cfg: TrainParams, lab: str, model, tokenize
         metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
     if train:
-        trainer.model = whole_model(trainer)  # what the lab saves, gathered from the processes' shards
+        metrics |= gather_trained(trainer)
     save_curves(lab, trainer.state.log_history)
     finish_checkpoints(checkpoints)
     return trainer, metrics, card
@@ -114,6 +115,14 @@ def loss_before_training(trainer) -> float:
             set_hf_deepspeed_config(trainer.args.hf_deepspeed_config)
 
 
+def gather_trained(trainer) -> dict:
+    """Make `trainer.model` the whole trained model, which the lab measures and saves, gathered from the processes'
+    shards; on several processes, report how many parameter values each held (a shard under fsdp2 and zero3)."""
+    held = {"parameters_per_process": parameters_per_process(trainer)} if lab_processes() > 1 else {}
+    trainer.model = whole_model(trainer)
+    return held
+
+
 def fit(trainer, card: dict, lab: str) -> dict:
     """Train (resuming from the last checkpoint of the same run); validation loss before and after, the
     training stats, the loss curves in plots/."""
@@ -122,7 +131,7 @@ def fit(trainer, card: dict, lab: str) -> dict:
     metrics = {"val_loss_before": loss_before_training(trainer)}
     metrics |= train_resumable(trainer, checkpoints, card)
     metrics["val_loss"] = round(trainer.evaluate()["eval_loss"], 4)
-    trainer.model = whole_model(trainer)  # what the lab measures and saves, gathered from the processes' shards
+    metrics |= gather_trained(trainer)
     save_curves(lab, trainer.state.log_history)
     finish_checkpoints(checkpoints)
     return metrics

@@ -139,7 +139,7 @@ def run(params: Params) -> dict:
     metrics |= held_out_scores(trainer.model, tokenizer, params)[0]
     save_model(trainer.model, tokenizer, OUT, card)
     # Full fine-tuning: every weight trains, and what it ships is the whole model.
-    metrics |= {"parameters": count_parameters(model), "trainable_parameters": count_parameters(model),
+    metrics |= {"parameters": count_parameters(trainer.model), "trainable_parameters": count_parameters(trainer.model),
                 "weights_mb": safetensors_mb(OUT)}
     print(f"sft: val loss {metrics['val_loss_before']} -> {metrics['val_loss']}; "
           f"held-out exact-match {metrics['exact_match']}"

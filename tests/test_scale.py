@@ -180,10 +180,10 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
     down, and the same command resumes under zero3 from DeepSpeed's checkpoint to the uninterrupted run's bytes."""
     lab("tokenizer", cwd=workspace)
     lab("pretrain", "-S", "pretrain.max_steps=10", cwd=workspace)
-    short = ["-S", "sft.max_steps=6", "-S", "sft.logging_steps=1", "-S", "sft.safety=false",
+    short = ["-S", "sft.max_steps=8", "-S", "sft.logging_steps=1", "-S", "sft.safety=false",
              "-S", "evaluate.max_new_tokens=8"]  # the held-out answers every process writes stay short
-    zero3 = [*short, "-S", "sft.procs=2", "-S", "sft.strategy=zero3", "-S", "sft.save_steps=3"]  # to kill, below
-    curves, runs, files, weights, held = {}, {}, {}, {}, {}
+    zero3 = [*short, "-S", "sft.procs=2", "-S", "sft.strategy=zero3", "-S", "sft.save_steps=4"]  # to kill, below
+    curves, runs, files, weights, held, totals = {}, {}, {}, {}, {}, {}
     for key in ("one", *STRATEGIES):
         if key == "ddp":  # as two "nodes" of one process each, meeting at node 0's address as two machines would
             two_nodes(workspace, "sft", short[1::2])
@@ -194,6 +194,7 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
         curves[key] = [float(line.split("\t")[1]) for line in lines]
         runs[key] = load(workspace / "metrics/sft.json")["run"]
         held[key] = load(workspace / "metrics/sft.json").get("parameters_per_process")
+        totals[key] = load(workspace / "metrics/sft.json")["parameters"]
         files[key] = sorted(p.name for p in (workspace / "models/sft").iterdir())
         with safe_open(workspace / "models/sft/model.safetensors", "pt") as saved:
             weights[key] = {name: saved.get_tensor(name) for name in saved.keys()}  # noqa: SIM118
@@ -201,8 +202,9 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
         assert card == (None if key == "one" else {"procs": 1, "strategy": "ddp", "nodes": 2} if key == "ddp"
                         else {"procs": 2, "strategy": key})
     reference = (workspace / "models/sft/model.safetensors").read_bytes()  # zero3's, the last
-    assert "world_size" not in runs["one"] and len(curves["one"]) == 6 and held["one"] is None
-    total = load(workspace / "metrics/sft.json")["parameters"]
+    assert "world_size" not in runs["one"] and len(curves["one"]) == 8 and held["one"] is None
+    total = totals["one"]
+    assert set(totals.values()) == {total}, totals  # counted on the whole model, not on a process's shard
     assert held["ddp"] == held["zero2"] == [total, total]  # a whole copy each (zero2 shards optimizer state only)
     for sharded in ("fsdp2", "zero3"):  # each a shard; together at least the model (zero3 pads its partitions)
         assert max(held[sharded]) < total <= sum(held[sharded]), (sharded, held[sharded], total)
@@ -220,10 +222,10 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
     killed = subprocess.Popen([sys.executable, "-m", "labs", "sft", *zero3], cwd=workspace, env=lab_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list(workspace.glob(".checkpoints/sft/*/checkpoint-3/trainer_state.json")):
+    while not list(workspace.glob(".checkpoints/sft/*/checkpoint-4/trainer_state.json")):
         assert killed.poll() is None and time.time() < deadline, "no checkpoint was written"
         time.sleep(0.1)
-    time.sleep(1)  # let the checkpoint finish writing before the kill
+    time.sleep(0.2)  # trainer_state.json comes last; four steps are left to run
     assert killed.poll() is None, "the run ended before the kill: nothing was interrupted"
     killed.kill()  # SIGKILL to the lab's command only: torchrun and the two processes must follow it
     killed.wait()
@@ -231,7 +233,7 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
     assert not lab_processes_of(workspace), "a process of the killed run lives on"
     assert (workspace / "models/sft/model.safetensors").read_bytes() == reference, "a killed run writes nothing"
     resumed = lab("sft", *zero3, cwd=workspace)
-    assert "resuming from" in resumed.stdout and load(workspace / "metrics/sft.json")["resumed_from_step"] in (3, 6)
+    assert "resuming from" in resumed.stdout and load(workspace / "metrics/sft.json")["resumed_from_step"] == 4
     assert (workspace / "models/sft/model.safetensors").read_bytes() == reference
 
     proc = lab("sft", "-S", "sft.procs=2", "-S", "sft.batch_size=15", cwd=workspace, check=False)

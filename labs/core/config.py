@@ -73,8 +73,7 @@ class Processes(Section):
     procs: int = Field(1, ge=1)
     """processes training together on this machine (1: the lab's own process)"""
     strategy: Literal["ddp", "fsdp2", "zero2", "zero3"] = "ddp"
-    """how they share the model: ddp (a whole copy each), fsdp2 or zero3 (shards of everything), zero2 (shards
-    of the optimizer state and gradients)"""
+    """ddp: a whole copy each; zero2: optimizer state and gradients sharded; fsdp2, zero3: everything sharded"""
 
 
 class TrainParams(Section):

@@ -73,14 +73,12 @@ def run_lab(name: str, argv: list[str]) -> int:
 
     params = lab_params(name, args.params, args.set)
     section = getattr(params, name, None)
-    several = isinstance(section, Processes) and (section.procs > 1 or os.environ.get("LAB_NODES", "1") != "1")
-    if several and "LAB_PROCESSES" not in os.environ:  # not yet launched
-        from labs.core.run import launch
+    from labs.core.run import die_with_parent, lab_nodes, launch
 
+    several = isinstance(section, Processes) and (section.procs > 1 or lab_nodes()[0] > 1)
+    if several and "LAB_PROCESSES" not in os.environ:  # not yet launched
         return launch(name, section, argv)
     if "LAB_PROCESSES" in os.environ:  # one of the processes `launch` started through torchrun
-        from labs.core.run import die_with_parent
-
         die_with_parent()
     from labs.core.runner import execute
 

@@ -74,20 +74,29 @@ def test_every_strategy_saves_the_same_plain_model_format(built):
 
 
 @pytest.mark.slow
-def test_two_nodes_on_one_machine_rendezvous_train_and_save(built_copy):
-    """Two launchers, each a "node" of one process, meet at node 0's address (127.0.0.1) as two machines would."""
+def two_nodes(cwd: Path, recipe: str, *args: str) -> None:
+    """`just RECIPE 2 RANK 127.0.0.1:PORT ARGS...` as two "nodes" of one machine: rank 1 in the background, rank 0
+    until it ends; both must succeed."""
     address = f"127.0.0.1:{free_port()}"
-    node = ["just", "scale-node", "2", "RANK", address, "ddp", "1", "scale.max_steps=6", "scale.logging_steps=1"]
-    log = built_copy / "node1.log"
+
+    def node(rank: str) -> list[str]:
+        return ["just", recipe, "2", rank, address, *args]
+
+    log = cwd / "node1.log"
     with log.open("w") as output:
-        second = subprocess.Popen([*node[:3], "1", *node[4:]], cwd=built_copy, env=lab_env(), stdout=output,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        second = subprocess.Popen(node("1"), cwd=cwd, env=lab_env(), stdout=output, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
-        run([*node[:3], "0", *node[4:]], cwd=built_copy, timeout=300)
+        run(node("0"), cwd=cwd, timeout=300)
         assert second.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
         if second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)
+
+
+def test_two_nodes_on_one_machine_rendezvous_train_and_save(built_copy):
+    """Two launchers, each a "node" of one process, meet at node 0's address (127.0.0.1) as two machines would."""
+    two_nodes(built_copy, "scale-node", "ddp", "1", "scale.max_steps=6", "scale.logging_steps=1")
     out = built_copy / "runs/scale-node/ddp"
     reports = [load(out / f"rank{rank}.json") for rank in (0, 1)]
     assert [(r["rank"], r["node_rank"], r["world_size"]) for r in reports] == [(0, 0, 2), (1, 1, 2)]
@@ -155,21 +164,6 @@ def lab_processes_of(workspace: Path) -> list[psutil.Process]:
     return found
 
 
-def two_nodes(workspace: Path, name: str, settings: list[str]) -> None:
-    """`just lab-node` twice on 127.0.0.1: node 1 in the background, node 0 until it ends."""
-    node = ["just", "lab-node", "2", "RANK", f"127.0.0.1:{free_port()}", name, *settings]
-    log = workspace / "node1.log"
-    with log.open("w") as output:
-        second = subprocess.Popen([*node[:3], "1", *node[4:]], cwd=workspace, env=lab_env(), stdout=output,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        run([*node[:3], "0", *node[4:]], cwd=workspace, timeout=300)
-        assert second.wait(timeout=60) == 0, log.read_text()[-3000:]
-    finally:
-        if second.poll() is None:
-            os.killpg(second.pid, signal.SIGKILL)
-
-
 def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_and_resumes_after_a_kill(workspace):
     """`sft.procs: 2` starts the lab's own TRL trainer on two processes (torchrun, over gloo), each taking half of
     every step's rows, under `sft.strategy` fsdp2, zero2 or zero3; `just lab-node` runs it on two "nodes" of one
@@ -186,7 +180,7 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
     curves, runs, files, weights, held, totals = {}, {}, {}, {}, {}, {}
     for key in ("one", *STRATEGIES):
         if key == "ddp":  # as two "nodes" of one process each, meeting at node 0's address as two machines would
-            two_nodes(workspace, "sft", short[1::2])
+            two_nodes(workspace, "lab-node", "sft", *short[1::2])
         else:
             procs = ["-S", "sft.procs=1"] if key == "one" else ["-S", "sft.procs=2", "-S", f"sft.strategy={key}"]
             lab("sft", *(zero3 if key == "zero3" else [*short, *procs]), cwd=workspace)
@@ -217,7 +211,7 @@ def test_sft_on_two_processes_or_nodes_follows_one_process_under_every_strategy_
         assert weights[strategy].keys() == weights["one"].keys()
         gap = max(float((weights[strategy][k] - weights["one"][k]).abs().max()) for k in weights["one"])
         assert gap < 1e-5, (strategy, gap)  # gathered whole from the shards, trained as one process did
-    assert load_model(workspace / "models/sft", "fp32").num_parameters() > 0
+    assert load_model(workspace / "models/sft", "fp32").num_parameters() == total  # zero3's, loaded whole
 
     killed = subprocess.Popen([sys.executable, "-m", "labs", "sft", *zero3], cwd=workspace, env=lab_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

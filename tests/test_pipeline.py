@@ -195,9 +195,9 @@ def test_data_regenerates_the_same_bytes(built_copy):
 
 
 def test_killed_sft_resumes_to_the_same_model(workspace):
-    """kill -9 mid-training, run again: it resumes from the checkpoint and ends byte-identical to an
-    uninterrupted run of the same config. A short schedule on its own tiny base, so it needs no `built` project
-    and runs while that is being built."""
+    """kill -9 mid-training, or after training before the model is saved, run again: it resumes from the
+    checkpoint and ends byte-identical to an uninterrupted run of the same config. A short schedule on its own
+    tiny base, so it needs no `built` project and runs while that is being built."""
     lab("tokenizer", cwd=workspace, env=PINNED)
     lab("pretrain", "-S", "pretrain.max_steps=20", cwd=workspace, env=PINNED)
     short = ["-S", "sft.max_steps=60", "-S", "sft.save_steps=20"]  # first checkpoint after ~4 s of training
@@ -225,6 +225,24 @@ def test_killed_sft_resumes_to_the_same_model(workspace):
     assert load(workspace / "metrics/sft.json")["resumed_from_step"] > 0
     assert sha(workspace / "models/sft/model.safetensors") == reference
     assert load(workspace / "metrics/sft.json")["exact_match"] == reference_em
+
+    # Killed after its last step (60, mid-epoch), before the model was saved: the first evaluation is before
+    # training, the second right after it. Resumed at step 60, the Trainer would train step 61.
+    proc = subprocess.Popen([sys.executable, "-m", "labs", "sft", *short], cwd=workspace, text=True,
+                            env=lab_env(PINNED | {"PYTHONUNBUFFERED": "1"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    evaluations = 0
+    for line in proc.stdout:
+        evaluations += line.startswith("sft: eval loss")
+        if evaluations == 2:
+            break
+    proc.kill()
+    proc.wait()
+    assert evaluations == 2, "the run ended before its evaluation after training"
+    resumed = lab("sft", *short, cwd=workspace, env=PINNED)
+    assert "resuming from" in resumed.stdout
+    assert load(workspace / "metrics/sft.json")["steps"] == 60
+    assert sha(workspace / "models/sft/model.safetensors") == reference
 
 
 def test_gpu_tier_path_starts_from_a_local_hub_style_model(workspace):

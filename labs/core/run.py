@@ -505,7 +505,17 @@ def train_resumable(trainer, checkpoints: Path, card: dict) -> dict:
             if state.is_world_process_zero:  # the process that wrote the checkpoint's weights
                 write_card(Path(args.output_dir) / f"checkpoint-{state.global_step}", card)
 
+    class NoCheckpointOfTheLastStep(TrainerCallback):
+        # The lab saves the trained model right after training, so a checkpoint of the last step would serve only a
+        # resume, and the Trainer resumed there trains a step past max_steps when max_steps ends mid-epoch (it
+        # checks the step count after a step, never before the first). A run killed after its last step resumes
+        # from the checkpoint before it instead.
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
     trainer.add_callback(SaveRunCard())
+    trainer.add_callback(NoCheckpointOfTheLastStep())  # after the Trainer's own flow callback, which asked to save
     show_progress(trainer, card["lab"])
     resume = last_checkpoint(checkpoints)
     resumed = json.loads((Path(resume) / "trainer_state.json").read_text()) if resume else {}

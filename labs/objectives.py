@@ -25,7 +25,9 @@ last token, ModernBERT's first, T5's decoder EOS), fine-tuned with the body on a
 task world's compare family ("Which is larger: 49 or 27?" -> first or second) for `probe.max_steps` steps
 whatever the share, once per seed; accuracy on held-out pairs. Each family's body as initialised,
 `scratch_<family>`, is the floor its objectives are read against. The table: accuracy per objective and label
-share (mean ± sd over seeds), pretraining time, tokens and the objective's own loss.
+share (mean ± sd over seeds), pretraining time, tokens and the objective's own loss. Each objective, its
+pretraining and its probes, is one job at one thread, and the lab's threads run that many jobs side by side
+(`side_by_side`): the times compare objectives at one thread each.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from transformers import (
 from labs.core.config import SEED, ConfigError, ModelShape, Section, Seed
 from labs.core.data import read_jsonl
 from labs.core.models import count_parameters, load_tokenizer, require
-from labs.core.run import atomic_path, save_curves, seed_everything, write_card
+from labs.core.run import atomic_path, save_curves, seed_everything, side_by_side, write_card
 from labs.core.spread import over_seeds
 from labs.core.train import PREPARED
 
@@ -392,6 +394,35 @@ def probe(objective: str, body_dir: Path, cfg: ObjectivesParams, tokenizer, trai
     return round(100 * right / len(test), 2)
 
 
+def objective_row(objective: str, cfg: ObjectivesParams, tokenizer, rows: list[list[int]], train: list[dict],
+                  test: list[dict], seed: int, out: Path, card: dict) -> tuple[dict, list[dict]]:
+    """One row of the table and its loss history: the objective's body pretrained (a floor's as initialised),
+    saved to out/<objective>, and probed at every label share once per probe seed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)  # the trainers' output_dir: they save nothing there (save_strategy "no")
+        if objective in FLOORS:  # the family's body as initialised, to tell what pretraining added
+            seed_everything(seed)
+            body = untrained(FLOORS[objective], cfg.model, tokenizer)
+            log, seconds, trained, extra = [], 0.0, 0, {}
+        else:
+            body, log, seconds, trained, extra = pretrain(objective, cfg, tokenizer, rows, seed, scratch)
+        tokenizer.save_pretrained(out / objective)
+        body.save_pretrained(out / objective)
+        write_card(out / objective, card | {"objective": objective})
+        accuracy = {str(share): [probe(objective, out / objective, cfg, tokenizer, train, test, share, probe_seed,
+                                       scratch) for probe_seed in cfg.probe.seeds]
+                    for share in cfg.probe.label_shares}
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    body_only = getattr(body, "model", body)  # without a pretraining head, as the floors and ELECTRA's
+    row = {"parameters": count_parameters(body_only), "steps": trained,
+           "tokens": trained * cfg.batch_size * cfg.max_length, "pretrain_s": round(seconds, 1),
+           "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+           "accuracy": accuracy} | extra
+    print(f"objectives {objective}: {trained} steps, accuracy by share " +
+          ", ".join(f"{share}: {sum(a) / len(a):.1f}" for share, a in accuracy.items()), flush=True)
+    return row, [{"step": entry["step"], objective: entry["loss"]} for entry in log if "loss" in entry]
+
+
 def run(params: Params) -> dict:
     cfg = params.objectives
     steps = cfg.tokens // (cfg.batch_size * cfg.max_length)
@@ -410,32 +441,17 @@ def run(params: Params) -> dict:
     test = compare_pairs(cfg.probe.test_pairs, rng, seen)
     train = compare_pairs(cfg.probe.train_pairs, rng, seen)
 
-    table, history, card = {}, [], {"lab": "objectives", "seed": params.seed, "config": cfg.model_dump()}
-    with atomic_path(OUT) as out, tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)  # the trainers' output_dir: they save nothing there (save_strategy "no")
-        families = {FAMILY[objective] for objective in cfg.objectives}
-        floors = [floor for floor, family in FLOORS.items() if family in families]
-        for objective in [*floors, *cfg.objectives]:
-            if objective in FLOORS:  # the family's body as initialised, to tell what pretraining added
-                seed_everything(params.seed)
-                body = untrained(FLOORS[objective], cfg.model, tokenizer)
-                log, seconds, trained, extra = [], 0.0, 0, {}
-            else:
-                body, log, seconds, trained, extra = pretrain(objective, cfg, tokenizer, rows, params.seed, scratch)
-            tokenizer.save_pretrained(out / objective)
-            body.save_pretrained(out / objective)
-            write_card(out / objective, card | {"objective": objective})
-            losses = [entry["loss"] for entry in log if "loss" in entry]
-            history += [{"step": entry["step"], objective: entry["loss"]} for entry in log if "loss" in entry]
-            accuracy = {str(share): [probe(objective, out / objective, cfg, tokenizer, train, test, share, seed,
-                                           scratch) for seed in cfg.probe.seeds] for share in cfg.probe.label_shares}
-            body_only = getattr(body, "model", body)  # without a pretraining head, as the floors and ELECTRA's
-            table[objective] = {"parameters": count_parameters(body_only), "steps": trained,
-                                "tokens": trained * cfg.batch_size * cfg.max_length,
-                                "pretrain_s": round(seconds, 1), "first_loss": losses[0] if losses else None,
-                                "last_loss": losses[-1] if losses else None, "accuracy": accuracy} | extra
-            print(f"objectives {objective}: {trained} steps, accuracy by share " +
-                  ", ".join(f"{share}: {sum(a) / len(a):.1f}" for share, a in accuracy.items()))
+    card = {"lab": "objectives", "seed": params.seed, "config": cfg.model_dump()}
+    families = {FAMILY[objective] for objective in cfg.objectives}
+    floors = [floor for floor, family in FLOORS.items() if family in families]
+    with atomic_path(OUT) as out:
+        out.mkdir()
+        jobs = [*cfg.objectives, *floors]  # the floors, the shortest jobs, last: no long one ends alone
+        done = dict(zip(jobs, side_by_side(objective_row, [(objective, cfg, tokenizer, rows, train, test,
+                                                            params.seed, out, card) for objective in jobs]),
+                        strict=True))
+    table = {objective: done[objective][0] for objective in [*floors, *cfg.objectives]}
+    history = [entry for objective in cfg.objectives for entry in done[objective][1]]
     save_curves("objectives", history, {name: f"loss/{name}" for name in cfg.objectives})
     spread = {name: over_seeds([[{"share": share, "accuracy": row["accuracy"][share][i]}
                                  for share in row["accuracy"]] for i in range(len(cfg.probe.seeds))],

@@ -1,9 +1,14 @@
 """objectives: its two pieces of our own (span corruption, the prefix LM's mask) on their own, ELECTRA's pair on
 one batch, bad params, and the lab on the tiny project that `built` made."""
 
+import hashlib
 import json
 import random
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 import torch
 
@@ -17,7 +22,7 @@ from labs.objectives import (
     prefix_mask,
     table,
 )
-from tests.conftest import lab
+from tests.conftest import lab, lab_env
 
 
 class Vocab:
@@ -135,3 +140,39 @@ def test_every_objective_pretrains_on_the_same_tokens_then_the_same_probe(built)
         ["scratch_llama", "Llama"], ["scratch_modernbert", "ModernBERT"], ["scratch_t5", "T5"], ["clm", "Llama"],
         ["prefix", "Llama"], ["mlm", "ModernBERT"], ["span", "T5"], ["electra", "ModernBERT"]]
     assert all(rows[name]["tokens"] == 0 for name in rows if name.startswith("scratch"))
+
+
+def comparable(metrics: dict) -> dict:
+    """A metrics file without what depends on the clock or the host."""
+    metrics = {key: value for key, value in metrics.items() if key != "run"}
+    metrics["objectives"] = {name: {k: v for k, v in row.items() if k != "pretrain_s"}
+                             for name, row in metrics["objectives"].items()}
+    return metrics
+
+
+@pytest.mark.slow
+def test_at_two_threads_the_objectives_run_side_by_side_to_the_one_thread_results_and_die_with_the_lab(built_copy):
+    """At two threads each objective is a job in one of two one-thread processes (`side_by_side`): every number and
+    every saved body is what the one-thread build computed with the jobs one after another in the lab's process.
+    A kill -9 of the lab while its workers run leaves none of them behind."""
+    def digests() -> dict:
+        return {path.parent.name: hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in (built_copy / "models/objectives").glob("*/model.safetensors")}
+
+    one_thread, bodies = json.loads((built_copy / "metrics/objectives.json").read_text()), digests()
+    two = {"LAB_THREADS": "2"}
+    killed = subprocess.Popen([sys.executable, "-m", "labs", "objectives"], cwd=built_copy, env=lab_env(two),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab_process, deadline = psutil.Process(killed.pid), time.time() + 120
+    while sum("spawn_main" in " ".join(p.cmdline()) for p in lab_process.children()) < 2:
+        assert killed.poll() is None and time.time() < deadline, "the lab started no two workers"
+        time.sleep(0.2)
+    children = lab_process.children(recursive=True)
+    killed.kill()
+    killed.wait()
+    assert not psutil.wait_procs(children, timeout=30)[1], "a worker outlived the lab"
+    assert digests() == bodies, "a killed run leaves the outputs as they were"
+
+    lab("objectives", cwd=built_copy, env=two)
+    assert comparable(json.loads((built_copy / "metrics/objectives.json").read_text())) == comparable(one_thread)
+    assert digests() == bodies

@@ -183,12 +183,14 @@ DYNAMICS = {
                              f"with the body on 1%, 10% or 100% of {m['train_pairs']} labelled compare pairs, "
                              f"accuracy on {m['test_pairs']} held-out ones (the majority class is "
                              f"{m['majority_pct']}%); `scratch_<family>` is each model family's body never "
-                             "pretrained:"),
+                             "pretrained. Each objective, its pretraining and probes, ran at one thread, "
+                             f"{m['run']['threads']} at a time:"),
     "embeddings": lambda m: ("Contrastive embeddings (`just lab embeddings`) on the `objectives` bodies, against their "
                              "untrained mean-pooled states and all-MiniLM-L6-v2: retrieval of each held-out town's "
                              f"document among {m['corpus']} for {m['queries']} questions (\"When was Tamvel "
                              f"founded?\"), training on {m['train_pairs']} question-document pairs of other towns "
-                             f"(SimCSE: their {m['simcse_texts']} texts, unpaired):"),
+                             f"(SimCSE: their {m['simcse_texts']} texts, unpaired); each training run at one "
+                             f"thread, {m['run']['threads']} at a time:"),
     "cpt": lambda m: ("Continued pretraining on a domain the base never saw (`just lab cpt`): perplexity on held-out "
                       "domain prose and on the main world's prose, then the validation loss and held-out exact-match "
                       f"of the same {m['fine_tuning_steps']}-step fine-tuning on domain chats from each model; "

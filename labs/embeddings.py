@@ -41,7 +41,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 from labs.core.config import SEED, Section, Seed
 from labs.core.documents import questions, store, towns
 from labs.core.models import count_parameters, require
-from labs.core.run import atomic_path, save_curves, seed_everything, side_by_side, write_card
+from labs.core.run import atomic_path, save_curves, seed_everything, write_card
 from labs.core.spread import over_seeds
 
 OUT = Path("models/embeddings")
@@ -122,30 +122,6 @@ def train(model: SentenceTransformer, pairs: Dataset, cfg: ContrastiveParams, se
     return trainer.state.log_history
 
 
-def score(evaluator: InformationRetrievalEvaluator, model: SentenceTransformer) -> dict:
-    result = evaluator(model)
-    return {metric: round(100 * result[f"held_out_cosine_{metric}"], 2) for metric in METRICS}
-
-
-def contrastive(name: str, body: Path, pairs: Dataset, recipe: ContrastiveParams, dropout: float, seed: int,
-                max_length: int, evaluator: InformationRetrievalEvaluator, keep: Path | None, card: dict) -> dict:
-    """One contrastive row trained with one seed and scored; the model and its run card saved to `keep` if given."""
-    seed_everything(seed)
-    model = mean_pooled(body, max_length, dropout)
-    with tempfile.TemporaryDirectory() as scratch:
-        start = time.perf_counter()
-        log = train(model, pairs, recipe, seed, Path(scratch))
-        seconds = time.perf_counter() - start
-    scores = score(evaluator, model)
-    if keep:
-        model.save_pretrained(str(keep), create_model_card=False)
-        write_card(keep, card | {"row": name, "seed": seed})
-    print(f"embeddings {name} seed {seed}: " + ", ".join(f"{k} {v}" for k, v in scores.items()), flush=True)
-    return {"scores": scores, "train_s": round(seconds, 1), "parameters": count_parameters(model),
-            "dimension": model.get_sentence_embedding_dimension(),
-            "history": [{"step": e["step"], name: e["loss"]} for e in log if "loss" in e] if keep else []}
-
-
 def run(params: Params) -> dict:
     cfg = params.embeddings
     causal, encoder = (require(BODIES / name, "config.json", "objectives") for name in (cfg.causal, cfg.encoder))
@@ -165,9 +141,13 @@ def run(params: Params) -> dict:
                "encoder_supervised": (encoder, supervised, cfg.encoder_supervised, 0.0),
                "causal_supervised": (causal, supervised, cfg.causal_supervised, 0.0)}
 
-    runs, rows = [], {}
+    def score(model: SentenceTransformer) -> dict:
+        result = evaluator(model)
+        return {metric: round(100 * result[f"held_out_cosine_{metric}"], 2) for metric in METRICS}
+
+    runs, rows, history = [], {}, []
     card = {"lab": "embeddings", "seed": params.seed, "config": cfg.model_dump()}
-    with atomic_path(OUT) as out:
+    with atomic_path(OUT) as out, tempfile.TemporaryDirectory() as scratch:
         out.mkdir()
         fixed = {"causal_mean": mean_pooled(causal, cfg.max_length),
                  "encoder_mean": mean_pooled(encoder, cfg.max_length),
@@ -176,20 +156,25 @@ def run(params: Params) -> dict:
         for name, model in fixed.items():  # nothing trained: the same scores for every seed
             rows[name] = {"parameters": count_parameters(model), "dimension": model.get_sentence_embedding_dimension(),
                           "train_s": []}
-        fixed = {name: score(evaluator, model) for name, model in fixed.items()}
-        # every (seed, row) is its own run: the first seed's models are kept, with their loss curves
-        jobs = [(seed, name) for seed in cfg.seeds for name in recipes]
-        done = side_by_side(contrastive, [(name, *recipes[name], seed, cfg.max_length, evaluator,
-                                           out / name if seed == cfg.seeds[0] else None, card) for seed, name in jobs])
-    trained = dict(zip(jobs, done, strict=True))
-    for seed in cfg.seeds:
-        for name in recipes:
-            result = trained[seed, name]
-            rows.setdefault(name, {"parameters": result["parameters"], "dimension": result["dimension"],
-                                   "train_s": []})
-            rows[name]["train_s"].append(result["train_s"])
-        runs.append([{"row": name, **(fixed.get(name) or trained[seed, name]["scores"])} for name in ROWS])
-    history = [entry for name in recipes for entry in trained[cfg.seeds[0], name]["history"]]
+        fixed = {name: score(model) for name, model in fixed.items()}
+        for i, seed in enumerate(cfg.seeds):
+            scores = {}
+            for name, (body, pairs, recipe, dropout) in recipes.items():
+                seed_everything(seed)
+                model = mean_pooled(body, cfg.max_length, dropout)
+                start = time.perf_counter()
+                log = train(model, pairs, recipe, seed, Path(scratch))
+                seconds = time.perf_counter() - start
+                scores[name] = score(model)
+                rows.setdefault(name, {"parameters": count_parameters(model),
+                                       "dimension": model.get_sentence_embedding_dimension(), "train_s": []})
+                rows[name]["train_s"].append(round(seconds, 1))
+                if i == 0:  # the first seed's models are kept, with its loss curve
+                    history += [{"step": e["step"], name: e["loss"]} for e in log if "loss" in e]
+                    model.save_pretrained(str(out / name), create_model_card=False)
+                    write_card(out / name, card | {"row": name, "seed": seed})
+                print(f"embeddings {name} seed {seed}: " + ", ".join(f"{k} {v}" for k, v in scores[name].items()))
+            runs.append([{"row": name, **(fixed.get(name) or scores[name])} for name in ROWS])
     save_curves("embeddings", history, {name: f"loss/{name}" for name in recipes})
     spread = {row.pop("row"): row for row in over_seeds(runs, "row", METRICS)}
     return {"rows": {name: rows[name] | spread[name] for name in ROWS}, "seeds": cfg.seeds,

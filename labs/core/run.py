@@ -293,11 +293,13 @@ def _one_thread_worker() -> None:
 def side_by_side(function, jobs: list[tuple]) -> list:
     """`[function(*job) for job in jobs]`, the jobs shared among `default_threads()` processes of one thread each.
 
-    On a tiny model two threads make a step less than twice as fast, so independent runs (a lab's seeds, its
-    variants) finish sooner side by side. Each job runs at one thread wherever it runs, here too when there is one
-    thread, so its results do not depend on how many ran at once (a thread count can change the bits of a step,
-    pinned kernels or not). `function` must be a module-level function: spawn pickles it by name. An exception in
-    a job is raised here. The standard library's process pool does the work; its workers die with the lab."""
+    Short runs of a tiny model gain little from a second thread (a probe's fine-tune: 1.4x), so several of them
+    finish sooner side by side; longer steps gain more and share the cores' caches badly (`embeddings`' runs took
+    longer side by side), so a lab uses this where it measured a gain (docs/decisions.md). Each job runs at one
+    thread wherever it runs, here too when there is one thread, so its results do not depend on how many ran at
+    once (a thread count can change the bits of a step, pinned kernels or not). `function` must be a module-level
+    function: spawn pickles it by name. An exception in a job is raised here. The standard library's process pool
+    does the work; its workers die with the lab."""
     if default_threads() <= 1:
         return [function(*job) for job in jobs]
     import multiprocessing

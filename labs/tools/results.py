@@ -189,8 +189,7 @@ DYNAMICS = {
                              "untrained mean-pooled states and all-MiniLM-L6-v2: retrieval of each held-out town's "
                              f"document among {m['corpus']} for {m['queries']} questions (\"When was Tamvel "
                              f"founded?\"), training on {m['train_pairs']} question-document pairs of other towns "
-                             f"(SimCSE: their {m['simcse_texts']} texts, unpaired); each training run at one "
-                             f"thread, {m['run']['threads']} at a time:"),
+                             f"(SimCSE: their {m['simcse_texts']} texts, unpaired):"),
     "cpt": lambda m: ("Continued pretraining on a domain the base never saw (`just lab cpt`): perplexity on held-out "
                       "domain prose and on the main world's prose, then the validation loss and held-out exact-match "
                       f"of the same {m['fine_tuning_steps']}-step fine-tuning on domain chats from each model; "

@@ -285,8 +285,10 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _one_thread_worker() -> None:
+def _one_thread_worker(lab: int) -> None:
     die_with_parent()
+    if os.getppid() != lab:  # the lab died while this process was still starting, before it could be told
+        os._exit(1)
     os.environ["LAB_THREADS"] = "1"  # what seed_everything sets torch to, in every job
 
 
@@ -308,7 +310,7 @@ def side_by_side(function, jobs: list[tuple]) -> list:
     # spawn, not fork: a forked copy of a process whose torch already ran OpenMP threads can hang in them
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(default_threads(), len(jobs)), mp_context=context,
-                             initializer=_one_thread_worker) as pool:
+                             initializer=_one_thread_worker, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(function, *job) for job in jobs]
         try:
             return [future.result() for future in futures]

@@ -276,19 +276,21 @@ def reset_peak_memory() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
     """In a child process before it starts its work: Linux sends it SIGTERM if its parent dies, even by SIGKILL, so
-    nothing is left running on its own (a served engine, a lab's training processes writing its outputs)."""
+    nothing is left running on its own (a served engine, a lab's training processes writing its outputs). Given
+    the `parent` pid, a child that sets this up only after a slow start exits at once if that parent died first:
+    the signal covers only a death after it is set."""
     import ctypes
     import signal
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _one_thread_worker(lab: int) -> None:
-    die_with_parent()
-    if os.getppid() != lab:  # the lab died while this process was still starting, before it could be told
-        os._exit(1)
+    die_with_parent(lab)  # a worker reaches this after seconds of imports
     os.environ["LAB_THREADS"] = "1"  # what seed_everything sets torch to, in every job
 
 
@@ -302,7 +304,7 @@ def side_by_side(function, jobs: list[tuple]) -> list:
     once (a thread count can change the bits of a step, pinned kernels or not). `function` must be a module-level
     function: spawn pickles it by name. An exception in a job is raised here. The standard library's process pool
     does the work; its workers die with the lab."""
-    if default_threads() <= 1:
+    if default_threads() <= 1 or not jobs:
         return [function(*job) for job in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor

@@ -43,7 +43,9 @@ _env:
     echo ".venv is ready ($((SECONDS - start)) s)" >&2
 
 # Its Python bindings are compiled from the lock's source release for the portable AVX2 baseline
-# (docker/llama-cpp.env); its HF->GGUF converter comes from the same release, into build/.
+# (docker/llama-cpp.env) into a wheel kept in build/llama-cpp-wheel/ with the stamp of its pin and flags: a new
+# .venv installs it again without compiling, and CI's image test installs the same wheel (tests/test_image.py).
+# Its HF->GGUF converter comes from the same release, into build/llama.cpp/.
 # llama.cpp for the GGUF rows of `quantize` (built the first time a recipe needs it)
 llama-cpp: _env
     #!/usr/bin/env bash
@@ -51,21 +53,29 @@ llama-cpp: _env
     pin=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' docker/locks/ci.txt)
     version=$(echo "$pin" | head -1 | sed 's/.*==\([^ ]*\).*/\1/')
     stamp=$(cat <(echo "$pin") docker/llama-cpp.env | sha256sum | cut -d' ' -f1)
-    if [ -z "${LAB_VENV:-}" ] && [ "$(cat .venv/.llama-cpp-sha256 2>/dev/null)" != "$stamp" ]; then
-        echo "compiling llama.cpp $version for the GGUF rows of quantize: once, ~6 min on 2 cores" >&2
-        start=$SECONDS
-        set -a; . docker/llama-cpp.env; set +a
-        # no cache: a wheel compiled earlier with other flags must not be reused
-        pip install --quiet --no-cache-dir --require-hashes -r <(echo "$pin")
-        echo "$stamp" > .venv/.llama-cpp-sha256
-        echo "llama.cpp is built ($((SECONDS - start)) s)" >&2
-    fi
-    [ "$(cat build/llama.cpp/.version 2>/dev/null)" != "$version" ] || exit 0
-    # PyPI has only the source of llama-cpp-python; its converter ships in that source and nowhere else, so the
-    # same hash-checked download gives the converter of the same llama.cpp.
+    # PyPI has only the source of llama-cpp-python; its converter ships in that source and nowhere else, so one
+    # hash-checked download gives the bindings and the converter of the same llama.cpp.
     sdist=build/llama_cpp_python-$version.tar.gz
     mkdir -p build
     [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --require-hashes --dest build -r <(echo "$pin")
+    if [ -z "${LAB_VENV:-}" ] && [ "$(cat .venv/.llama-cpp-sha256 2>/dev/null)" != "$stamp" ]; then
+        wheels=build/llama-cpp-wheel
+        if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
+            echo "compiling llama.cpp $version for the GGUF rows of quantize: once, ~4 min on 2 cores" >&2
+            start=$SECONDS
+            rm -rf "$wheels"
+            set -a; . docker/llama-cpp.env; set +a
+            # the sdist above, its hash checked again; no cache: a wheel compiled with other flags is never reused
+            hashes=$(grep -o -- '--hash=sha256:[0-9a-f]*' <<<"$pin" | tr '\n' ' ')
+            pip wheel --quiet --no-cache-dir --no-deps --require-hashes --wheel-dir "$wheels" \
+                -r <(echo "$PWD/$sdist $hashes")
+            echo "$stamp" > "$wheels/.stamp"
+            echo "llama.cpp is built ($((SECONDS - start)) s)" >&2
+        fi
+        pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-"$version"-*.whl
+        echo "$stamp" > .venv/.llama-cpp-sha256
+    fi
+    [ "$(cat build/llama.cpp/.version 2>/dev/null)" != "$version" ] || exit 0
     rm -rf build/llama.cpp && mkdir build/llama.cpp
     tar -xzf "$sdist" -C build/llama.cpp --strip-components=3 \
         llama_cpp_python-$version/vendor/llama.cpp/convert_hf_to_gguf.py \

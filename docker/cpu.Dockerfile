@@ -18,6 +18,10 @@ ARG TORCH_VERSION=2.13.0
 # where torch's CPU build is (no CUDA libraries): its version, 2.13.0+cpu, outranks the CUDA build of the default index
 ARG TORCH_FIND_LINKS=https://download.pytorch.org/whl/cpu/torch/
 COPY docker/locks/cpu.txt docker/llama-cpp.env /tmp/
+# A directory holding the llama-cpp-python wheel `just llama-cpp` compiled from the same pin and llama-cpp.env
+# (CI's image test mounts build/llama-cpp-wheel there, so llama.cpp is not compiled twice in one run); empty:
+# compiled here.
+ARG LLAMA_CPP_WHEEL=
 # The optional secret `cabundle` is a CA bundle for builds behind a TLS-inspecting proxy; without it pip uses
 # its own. Torch first, its CPU build; then every other package at the lock's version and hash, llama.cpp
 # compiled for the portable AVX2 baseline (llama-cpp.env), not for the CPU that happens to build the image.
@@ -25,7 +29,13 @@ RUN --mount=type=secret,id=cabundle,target=/run/secrets/cabundle \
     if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
     && pip install --find-links "$TORCH_FIND_LINKS" "torch==${TORCH_VERSION}" \
     && set -a && . /tmp/llama-cpp.env && set +a \
-    && pip install --require-hashes -r /tmp/cpu.txt \
+    && if [ -z "$LLAMA_CPP_WHEEL" ]; then pip install --require-hashes -r /tmp/cpu.txt; \
+       else stamp=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' /tmp/cpu.txt \
+                    | cat - /tmp/llama-cpp.env | sha256sum | cut -d' ' -f1) \
+            && { [ "$(cat "$LLAMA_CPP_WHEEL/.stamp")" = "$stamp" ] \
+                 || { echo "error: $LLAMA_CPP_WHEEL: compiled from another pin or flags (just llama-cpp)" >&2; exit 2; }; } \
+            && awk '/^llama-cpp-python==/ {skip = 1} !skip {print} skip && !/\\$/ {skip = 0}' /tmp/cpu.txt > /tmp/rest.txt \
+            && pip install --require-hashes -r /tmp/rest.txt && pip install --no-deps "$LLAMA_CPP_WHEEL"/*.whl; fi \
     && python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch'"
 COPY pyproject.toml README.md /src/
 COPY labs /src/labs

@@ -2,8 +2,9 @@
 the vLLM CPU serving image and serve a tiny model from it (`just image test vllm-cpu`).
 
 Where a Docker daemon answers, the image builds from its pinned base as a user's would. Elsewhere (CI here:
-root, no daemon, no registry) podman builds it on a Debian bookworm base made locally with debootstrap, and
-torch's CPU wheel comes from the directory pip is configured to find links in (docker/README.md). The GPU
+root, no daemon, no registry) podman builds it on a Debian bookworm base made locally with debootstrap, torch's
+CPU wheel comes from the directory pip is configured to find links in (docker/README.md), and llama-cpp-python's
+from the wheel `just llama-cpp` compiled for .venv with the same pin and flags, not compiled a second time. The GPU
 tiers cannot be tested this way: their CUDA base and packages need a GPU host (see the README).
 """
 
@@ -62,12 +63,18 @@ def podman_env() -> dict:
 
 
 def local_build_flags(env: dict) -> str:
-    """A local base image, torch's CPU wheel from pip's find-links directory, and this machine's CA bundle."""
+    """A local base image, torch's CPU wheel from pip's find-links directory, llama.cpp's wheel compiled here, and
+    this machine's CA bundle."""
     base = run([str(ROOT / "docker" / "image.sh"), "standin"], cwd=ROOT, env=env, timeout=900).stdout.strip()
     flags = [f"--build-arg BASE_IMAGE={base}"]
     links = subprocess.run(["pip", "config", "get", "global.find-links"], capture_output=True, text=True).stdout.strip()
     if links and any(Path(links).glob("torch-*+cpu-*.whl")):
         flags += [f"--volume {links}:/torch-wheels:ro", "--build-arg TORCH_FIND_LINKS=/torch-wheels"]
+    # the llama-cpp-python wheel `just test` compiled (`just llama-cpp`), instead of compiling it again inside;
+    # the image checks the wheel's stamp against its own lock and flags file
+    if (ROOT / "build/llama-cpp-wheel/.stamp").is_file():
+        flags += [f"--volume {ROOT / 'build/llama-cpp-wheel'}:/llama-cpp-wheel:ro",
+                  "--build-arg LLAMA_CPP_WHEEL=/llama-cpp-wheel"]
     cabundle = Path(os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt")
     if cabundle.is_file():
         flags.append(f"--secret id=cabundle,src={cabundle}")

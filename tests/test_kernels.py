@@ -109,9 +109,13 @@ def test_every_install_builds_llama_cpp_from_the_one_flags_file():
     justfile = (root / "justfile").read_text()
     assert "awk '/^llama-cpp-python==/ {skip = 1}" in justfile.split("\n_env:")[1].split("\n\n")[0]
     recipe = justfile.split("\nllama-cpp: _env")[1].split("\n\n")[0]
-    assert recipe.index(". docker/llama-cpp.env; set +a") < recipe.index('-r <(echo "$pin")')
-    assert "--no-cache-dir" in recipe.split('-r <(echo "$pin")')[0].splitlines()[-1], \
+    compile_line = recipe.index("pip wheel")
+    assert recipe.index(". docker/llama-cpp.env; set +a") < compile_line
+    assert "--no-cache-dir" in recipe[compile_line:].splitlines()[0], \
         "a wheel cached from a build with other flags must not be reused"
+    # the wheel it keeps is installed again only under the stamp of the pin and the flags it was compiled from
+    assert 'stamp=$(cat <(echo "$pin") docker/llama-cpp.env' in recipe
+    assert recipe.index('"$wheels/.stamp")" != "$stamp"') < compile_line < recipe.index('> "$wheels/.stamp"')
     assert "pip install" not in (root / ".ci/run").read_text(), "CI installs through the justfile, as users do"
 
 

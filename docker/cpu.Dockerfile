@@ -7,21 +7,23 @@ ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- build: the virtual environment, with the compilers llama.cpp needs; none of them ship ----
 FROM ${BASE_IMAGE} AS build
-# llama-cpp-python (GGUF rows of `quantize`) is published as source only: it compiles llama.cpp
+# A directory holding the llama-cpp-python wheel `just llama-cpp` compiled from the same pin and llama-cpp.env
+# (CI's image test mounts build/llama-cpp-wheel there, so llama.cpp is not compiled twice in one run); empty:
+# compiled here.
+ARG LLAMA_CPP_WHEEL=
+# llama-cpp-python (GGUF rows of `quantize`) is published as source only: compiling it needs the toolchain
 # hadolint ignore=DL3008  # Debian's security updates replace exact versions; the base tag pins the release
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends g++ make cmake \
-    && rm -rf /var/lib/apt/lists/*
+RUN if [ -z "$LLAMA_CPP_WHEEL" ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends g++ make cmake \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 ENV VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 ARG TORCH_VERSION=2.13.0
 # where torch's CPU build is (no CUDA libraries): its version, 2.13.0+cpu, outranks the CUDA build of the default index
 ARG TORCH_FIND_LINKS=https://download.pytorch.org/whl/cpu/torch/
 COPY docker/locks/cpu.txt docker/llama-cpp.env /tmp/
-# A directory holding the llama-cpp-python wheel `just llama-cpp` compiled from the same pin and llama-cpp.env
-# (CI's image test mounts build/llama-cpp-wheel there, so llama.cpp is not compiled twice in one run); empty:
-# compiled here.
-ARG LLAMA_CPP_WHEEL=
 # The optional secret `cabundle` is a CA bundle for builds behind a TLS-inspecting proxy; without it pip uses
 # its own. Torch first, its CPU build; then every other package at the lock's version and hash, llama.cpp
 # compiled for the portable AVX2 baseline (llama-cpp.env), not for the CPU that happens to build the image.

@@ -99,6 +99,7 @@ llama-server: llama-cpp
     # the source release llama-cpp downloaded and keeps; fetched again by it if removed since
     [ -f "$sdist" ] || { rm -f build/llama.cpp/.version; just llama-cpp; }
     set -a; . docker/llama-cpp.env; set +a
+    CMAKE_ARGS=${CMAKE_ARGS//-DLLAVA_BUILD=OFF/}  # the bindings' own option; the server needs mtmd and builds it
     rm -rf build/llama-server && mkdir -p build/llama-server/src
     tar -xzf "$sdist" -C build/llama-server/src --strip-components=3 llama_cpp_python-$version/vendor/llama.cpp
     # shellcheck disable=SC2086 # CMAKE_ARGS is a list of flags

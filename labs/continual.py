@@ -3,7 +3,8 @@
     just lab continual
     dvc exp run -S continual.replay=0.5 -S 'continual.order=[reverse, sort, compare, add]'
 
-From the pretrained base, one stage per family in `order`, `steps_per_task` steps on that family's chats each:
+From the pretrained base, one stage per family in `order`, `steps_per_task` steps on that family's chats each
+(the task world's, data/prepared/world_sft_*, whatever `data.source`: a real SFT set has no families):
   * sequential — full fine-tuning, stage after stage;
   * replay     — the same, with a `replay` share of each stage's rows drawn from the families before it;
   * adapters   — one LoRA adapter per family on the frozen base (rank, targets and rate from the `lora`
@@ -137,11 +138,11 @@ def summary(stages: list[dict], order: list[str]) -> dict[str, dict]:
 def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
     tokenizer = load_tokenizer(base)
-    split = {name: read_jsonl(PREPARED / f"sft_{name}.jsonl", "sft") for name in ("train", "val", "test")}
-    families = {row.get("family", "all") for row in split["train"]}  # real data may have no families
+    split = {name: read_jsonl(PREPARED / f"world_sft_{name}.jsonl", "sft") for name in ("train", "val", "test")}
+    families = {row.get("family", "all") for row in split["train"]}
     if unknown := set(params.continual.order) - families:
         raise ConfigError(f"params.yaml: continual.order: {sorted(unknown)} are not families of "
-                          f"data/prepared/sft_train.jsonl ({', '.join(sorted(families))})")
+                          f"data/prepared/world_sft_train.jsonl ({', '.join(sorted(families))})")
     test = [row for row in split["test"] if row.get("family", "all") in params.continual.order]
     train, val = ({f: [r for r in split[name] if r.get("family", "all") == f] for f in families}
                   for name in ("train", "val"))

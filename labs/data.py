@@ -38,7 +38,9 @@ Everything derives from `seed` through string-seeded RNGs, so regenerating gives
 data.dvc holds without a DVC remote. `-S data.source=real` replaces the corpus, SFT, preference and RL files
 with the datasets of `data.real` (the seeds' choices: hub ids at a revision, local directories laid out as
 the hub's, or local files), converted as `lab convert` does, drawn to each kind's budget, and named with the
-commit read in data/raw/sources.json; the domain, long-addition and safety files stay the task world's.
+commit read in data/raw/sources.json; the domain, long-addition and safety files stay the task world's, and so
+do the SFT, preference and RL files it replaces, kept as `world_*.jsonl` for the labs whose method needs the task
+world's families or its answer checker. The t4 and a100 tiers read the real datasets by default.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from labs.core.config import PARAMS_FILE, SEED, ConfigError, Section, Seed
+from labs.core.config import PARAMS_FILE, SEED, ConfigError, Section, Seed, Tier
 from labs.core.convert import FORMATS, dataset_rows
 from labs.core.data import write_jsonl
 from labs.core.run import atomic_path
@@ -150,7 +152,7 @@ class DataParams(Section):
     safety: SafetyParams = SafetyParams()
     """requests that must be refused and benign look-alikes that must not (the alignment-from-feedback labs)"""
     source: Literal["task_world", "real"] = "task_world"
-    """task_world: generated here; real: the datasets of `real` replace its corpus, sft, preference and rl files"""
+    """task_world: generated here; real (the GPU tiers'): the datasets of `real` in place of its main files"""
     real: RealParams = RealParams()
     """the datasets per kind when source is real (a kind set to null keeps the task world's file)"""
 
@@ -159,6 +161,7 @@ class Params(Section):
     """What data reads from params.yaml."""
 
     seed: Seed = SEED
+    tier: Tier = "cpu"
     data: DataParams = DataParams()
 
 
@@ -487,6 +490,8 @@ def generate(params: Params) -> dict[str, list[dict]]:
 
 
 KINDS = {"corpus": "text", "sft": "sft", "preference": "preference", "rl": "rl"}  # file -> contract kind
+# the task world's files kept as world_*.jsonl where a real source replaces them (prepare makes world_* either way)
+WORLD = ("sft", "preference", "rl")
 
 
 def real_files(params: Params) -> tuple[dict[str, list[dict]], dict]:
@@ -531,6 +536,8 @@ def run(params: Params) -> dict:
     sources = {}
     if params.data.source == "real":  # read first: a failure leaves data/raw as it was
         real, sources = real_files(params)
+        # the task world's files a real kind replaces stay, apart, for the labs that need its families and checker
+        files |= {f"world_{name}": files[name] for kind in WORLD if kind in real for name in (kind, f"{kind}_test")}
         files |= real
     counts = {}
     with atomic_path(RAW) as tmp:  # all files or none: a failure keeps the previous data/raw whole

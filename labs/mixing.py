@@ -3,7 +3,8 @@
     just lab mixing
     dvc exp run -S 'mixing.mixtures.add_heavy={add: 4, compare: 1, sort: 1, reverse: 1}'
 
-Every model is fine-tuned from the pretrained base on the sft task's chats. A specialist trains `steps_per_task`
+Every model is fine-tuned from the pretrained base on the task world's chats (data/prepared/world_sft_*,
+whatever `data.source`: a real SFT set has no families). A specialist trains `steps_per_task`
 steps on its own family's chats; each mixture trains `steps_per_task` x (number of families) steps on all of
 them, drawn in its ratio. So a uniform mixture spends on each family what its specialist spends, and the rest of
 its compute on the other families: a family's exact-match above its specialist's is transfer from the others,
@@ -102,14 +103,14 @@ def transfer(rows: list[dict]) -> dict[str, dict[str, float]]:
 def run(params: Params) -> dict:
     base = require(BASE, "config.json", "pretrain")
     tokenizer = load_tokenizer(base)
-    split = {name: read_jsonl(PREPARED / f"sft_{name}.jsonl", "sft") for name in ("train", "val", "test")}
-    families = sorted({row.get("family", "all") for row in split["train"]})  # real data may have no families
+    split = {name: read_jsonl(PREPARED / f"world_sft_{name}.jsonl", "sft") for name in ("train", "val", "test")}
+    families = sorted({row.get("family", "all") for row in split["train"]})
     by_family = {name: {f: [r for r in rows if r.get("family", "all") == f] for f in families}
                  for name, rows in split.items() if name != "test"}
     for mixture_name, weights in params.mixing.mixtures.items():
         if unknown := set(weights) - set(families):
             raise ConfigError(f"params.yaml: mixing.mixtures.{mixture_name}: {sorted(unknown)} are not families of "
-                              f"data/prepared/sft_train.jsonl ({', '.join(families)})")
+                              f"data/prepared/world_sft_train.jsonl ({', '.join(families)})")
     rows = models(params, tokenizer, by_family["train"], by_family["val"], split["test"])
     metrics = {"steps_per_task": params.mixing.steps_per_task, "families": families, "models": rows,
                "transfer": transfer(rows)}

@@ -77,8 +77,10 @@ class Params(Section):
 
 
 PREPARED, SFT = Path("data/prepared"), Path("models/sft")
+# the task world's pairs whatever data.source: the task's exact-match and the labels' agreement need its checker
+TASK_PAIRS = PREPARED / "world_preference_train.jsonl"
 # what a checkpoint's weights depend on besides the config: a changed input starts the run afresh
-INPUTS = [SFT, PREPARED / "preference_train.jsonl", PREPARED / "safety_preference_train.jsonl"]
+INPUTS = [SFT, TASK_PAIRS, PREPARED / "safety_preference_train.jsonl"]
 KINDS = ("task", "harmful", "benign")
 
 
@@ -90,7 +92,7 @@ def kind(row: dict) -> str:
 def halves(params: Params) -> tuple[list[dict], list[dict]]:
     """The pairs split in two disjoint parts, each with task pairs and half the safety pairs: the reward models
     learn from the first, the policies from the second."""
-    task = read_jsonl(PREPARED / "preference_train.jsonl", "preference")
+    task = read_jsonl(TASK_PAIRS, "preference")
     safety = read_jsonl(PREPARED / "safety_preference_train.jsonl", "preference")
     rng = random.Random(f"{params.seed}:multiobjective")
     rng.shuffle(task)
@@ -98,7 +100,7 @@ def halves(params: Params) -> tuple[list[dict], list[dict]]:
     cfg, half = params.multiobjective, len(safety) // 2
     if cfg.reward_task_pairs + cfg.policy_task_pairs > len(task):
         raise ConfigError(f"params.yaml: multiobjective: reward_task_pairs + policy_task_pairs = "
-                          f"{cfg.reward_task_pairs + cfg.policy_task_pairs}, but {PREPARED / 'preference_train.jsonl'}"
+                          f"{cfg.reward_task_pairs + cfg.policy_task_pairs}, but {TASK_PAIRS}"
                           f" holds {len(task)} pairs")
     policy_task = task[cfg.reward_task_pairs:cfg.reward_task_pairs + cfg.policy_task_pairs]
     return task[:cfg.reward_task_pairs] + safety[:half], policy_task + safety[half:]
@@ -184,9 +186,9 @@ def run(params: Params) -> dict:
     first, second = halves(params)
     judges = {"helpfulness": [r for r in first if kind(r) != "harmful"],
               "harmlessness": [r for r in first if kind(r) == "harmful"]}
-    held_out = read_jsonl(PREPARED / "preference_val.jsonl", "preference") + read_jsonl(
+    held_out = read_jsonl(PREPARED / "world_preference_val.jsonl", "preference") + read_jsonl(
         PREPARED / "safety_preference_val.jsonl", "preference")
-    test, probe = read_jsonl(PREPARED / "sft_test.jsonl", "sft"), probe_rows(PREPARED)
+    test, probe = read_jsonl(PREPARED / "world_sft_test.jsonl", "sft"), probe_rows(PREPARED)
 
     scores, accuracy = {}, {}
     for name, pairs in judges.items():

@@ -9,7 +9,8 @@ small policy's own answers; DPO on its labels against DPO on the checker's label
    the right answer, working and all; the side whose final answer it names is its verdict. Like a hub judge's
    instruction tuning, it learns from other pairs than the ones it will label: the file's curated slips, never
    the policy's samples.
-2. The pairs. The policy, `distill`'s student, answers the RL prompts greedily and samples more answers; a prompt
+2. The pairs. The policy, `distill`'s student, answers the RL prompts greedily and samples more answers (where
+   a real source made the student, `policy_sft` first fine-tunes it on the task world's chats); a prompt
    where a sample's final answer differs from the greedy one makes one candidate pair (the greedy answer and the
    first such sample).
 3. The labels. The judge is asked in both orders; a pair it prefers the same answer of in both is labelled (AI),
@@ -31,6 +32,7 @@ from datasets import Dataset
 from pydantic import Field
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from labs.core.chats import chat_trainer, train_chats
 from labs.core.config import SEED, Section, Seed, Tier, TrainParams, view
 from labs.core.data import DataError, preference_chats, read_jsonl
 from labs.core.evaluation import MeasureParams, exact_match, extract_answer, generate, is_correct, percent
@@ -62,13 +64,25 @@ class JudgeParams(TrainParams):
     warmup_steps: int = Field(20, ge=0)
 
 
+class PolicySFTParams(TrainParams):
+    """The student's fine-tune on the task world's chats before the loop, for a student distilled on a real source."""
+
+    max_steps: int = Field(0, ge=0)  # distill's student of the task world already answers its tasks
+    """optimizer steps on data/prepared/world_sft_train.jsonl; 0: none, the student as distill left it"""
+    max_length: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(2e-3, gt=0)
+
+
 class RlaifParams(TrainParams):
     """The judge, the policy's pairs and the DPO schedule (the policy is `distill`'s student)."""
 
     judge: JudgeParams = JudgeParams()
     """the judge's fine-tune"""
+    policy_sft: PolicySFTParams = PolicySFTParams()
+    """the student taught the task world's answers first: one distilled on a real source never writes Answer: X"""
     prompts: int | None = Field(1000, gt=0)
-    """RL prompts the policy answers (null: all of data/prepared/rl_train.jsonl)"""
+    """RL prompts the policy answers (null: all of data/prepared/world_rl_train.jsonl)"""
     samples_per_prompt: int = Field(4, gt=0)
     """answers sampled per prompt; the first whose final answer differs from the greedy one is its pair's other side"""
     temperature: float = Field(1.0, gt=0)  # the policy's own distribution
@@ -100,17 +114,19 @@ class Params(Section):
 
 PREPARED, SFT, POLICY, OUT = Path("data/prepared"), Path("models/sft"), Path("models/distill/student"), Path(
     "models/rlaif")
+# the task world's pairs and prompts whatever data.source: its checker gives the gold labels and the judge's score
+PAIRS, PROMPTS = PREPARED / "world_preference_train.jsonl", PREPARED / "world_rl_train.jsonl"
 
 
 def train_judge(params: Params, tokenizer, out: Path):
     """The SFT model fine-tuned on judging chats from the preference file, saved to `out`; its training stats."""
     cfg = params.rlaif.judge
-    pairs = read_jsonl(PREPARED / "preference_train.jsonl", "preference")[:cfg.pairs]
+    pairs = read_jsonl(PAIRS, "preference")[:cfg.pairs]
     train_rows = judging_chats(pairs, f"{params.seed}:rlaif:judge")
     seed_everything(params.seed)
     model = load_model(SFT, cfg.precision, cfg.attn_implementation, training=True)
     checkpoints = checkpoint_dir("rlaif/judge", {"seed": params.seed, "tier": params.tier, "judge": cfg.model_dump()},
-                                 [SFT, PREPARED / "preference_train.jsonl", PREPARED / "preference_val.jsonl"])
+                                 [SFT, PAIRS, PREPARED / "world_preference_val.jsonl"])
     args = SFTConfig(**trainer_kwargs(params, cfg, checkpoints) | {"eval_strategy": "no"}, max_length=cfg.max_length,
                      completion_only_loss=True, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=as_chat(train_rows), processing_class=tokenizer)
@@ -128,7 +144,7 @@ def candidate_pairs(policy, tokenizer, params: Params, seed: int) -> list[dict]:
     greedy answer is what the policy says when asked; a pair with it moves that answer, where two samples from the
     tails of its distribution would not (docs/decisions.md)."""
     cfg, ev = params.rlaif, params.evaluate
-    rows = read_jsonl(PREPARED / "rl_train.jsonl", "rl")[:cfg.prompts]
+    rows = read_jsonl(PROMPTS, "rl")[:cfg.prompts]
     greedy, _ = generate(policy, tokenizer, [r["prompt"] for r in rows], ev.max_new_tokens, ev.batch_size)
     repeated = [r["prompt"] for r in rows for _ in range(cfg.samples_per_prompt)]
     samples, _ = generate(policy, tokenizer, repeated, ev.max_new_tokens, ev.batch_size, temperature=cfg.temperature,
@@ -153,16 +169,30 @@ def labelled(pairs: list[dict], decisions: list[str | None]) -> dict[str, list[d
             "gold": [row(p, p["first_right"]) for p in pairs if p["first_right"] != p["second_right"]]}
 
 
-def dpo(params: Params, source: str, seed: int, rows: list[dict], tokenizer):
-    """The policy after DPO on `rows`, and its training log."""
+def teach_policy(params: Params, tokenizer, out: Path) -> dict:
+    """`distill`'s student fine-tuned on the task world's chats, saved to `out`: the policy of a real source's
+    project, whose student never answers in the task world's form; its training stats."""
+    cfg = params.rlaif.policy_sft
+    seed_everything(params.seed)
+    model = load_model(POLICY, cfg.precision, cfg.attn_implementation, training=True)
+    train, val = (read_jsonl(PREPARED / f"world_sft_{split}.jsonl", "sft") for split in ("train", "val"))
+    trainer = chat_trainer(params, cfg, "rlaif/policy", model, tokenizer, train, val, POLICY)
+    card = run_card("rlaif/policy", params, cfg)
+    stats = train_chats(trainer, card)
+    save_model(trainer.model, tokenizer, out, card)
+    return stats
+
+
+def dpo(params: Params, source: str, seed: int, rows: list[dict], tokenizer, policy: Path):
+    """The policy (the model in `policy`) after DPO on `rows`, and its training log."""
     cfg = params.rlaif
     run_params = params.model_copy(update={"seed": seed})
     seed_everything(seed)
-    model = load_model(POLICY, cfg.precision, cfg.attn_implementation, training=True)
-    reference = load_model(POLICY, cfg.precision, cfg.attn_implementation)
+    model = load_model(policy, cfg.precision, cfg.attn_implementation, training=True)
+    reference = load_model(policy, cfg.precision, cfg.attn_implementation)
     checkpoints = checkpoint_dir(f"rlaif/{source}-{seed}", {"seed": seed, "tier": params.tier, "source": source,
                                                             "rlaif": cfg.model_dump()},
-                                 [SFT, POLICY, PREPARED / "preference_train.jsonl", PREPARED / "rl_train.jsonl"])
+                                 [SFT, policy, PAIRS, PROMPTS])
     losses = {"sigmoid": 1.0} | ({"sft": cfg.sft_weight} if cfg.sft_weight else {})
     args = DPOConfig(**trainer_kwargs(run_params, cfg, checkpoints) | {"eval_strategy": "no"},
                      loss_type=list(losses), loss_weights=list(losses.values()), beta=cfg.beta,
@@ -176,7 +206,7 @@ def dpo(params: Params, source: str, seed: int, rows: list[dict], tokenizer):
 
 
 def held_out_em(model, tokenizer, params: Params) -> float:
-    return exact_match(*held_out_answers(model, tokenizer, params))["overall"]
+    return exact_match(*held_out_answers(model, tokenizer, params, "world_sft_test"))["overall"]
 
 
 def run(params: Params) -> dict:
@@ -184,13 +214,17 @@ def run(params: Params) -> dict:
     require(SFT, "config.json", "sft")
     require(POLICY, "config.json", "distill")
     tokenizer = load_tokenizer(SFT)
-    policy = load_model(POLICY, params.evaluate.precision)
-    baseline = held_out_em(policy, tokenizer, params)
 
     metrics, runs = {}, []
     with atomic_path(OUT) as tmp:
+        policy_path = POLICY
+        if cfg.policy_sft.max_steps:
+            policy_path = tmp / "policy"
+            metrics["policy_sft"] = teach_policy(params, tokenizer, policy_path)
+        policy = load_model(policy_path, params.evaluate.precision)
+        baseline = held_out_em(policy, tokenizer, params)
         judge_model, metrics["judge"] = train_judge(params, tokenizer, tmp / "judge")
-        val = read_jsonl(PREPARED / "preference_val.jsonl", "preference")
+        val = read_jsonl(PREPARED / "world_preference_val.jsonl", "preference")
         # the judge on pairs like those it learned from: the file's held-out curated slips
         ev = params.evaluate
         decisions, _ = judge(judge_model, tokenizer, [(r["prompt"], r["chosen"], r["rejected"]) for r in val],
@@ -214,7 +248,7 @@ def run(params: Params) -> dict:
                                             for p, d in zip(pairs, decisions, strict=True) if d is not None])}
             ems = [{"policy": "none", "exact_match": baseline}]
             for source, rows in sources.items():
-                model, log, card = dpo(params, source, seed, rows, tokenizer)
+                model, log, card = dpo(params, source, seed, rows, tokenizer, policy_path)
                 if any("loss" in entry for entry in log):  # a run shorter than logging_steps logged no curve
                     save_curves(f"rlaif/{source}-{seed}", log)
                 if seed == cfg.seeds[0]:
@@ -229,7 +263,8 @@ def run(params: Params) -> dict:
     spread = over_seeds(runs, "policy", ("exact_match",))
     for row in spread:
         row["gain"] = round(row["exact_match"]["mean"] - baseline, 2)
-    metrics |= {"policy_model": str(POLICY), "judge_model": str(SFT), "rows": spread,
+    policy_model = OUT / "policy" if cfg.policy_sft.max_steps else POLICY
+    metrics |= {"policy_model": str(policy_model), "judge_model": str(SFT), "rows": spread,
                 "parameter_ratio": round(count_parameters(judge_model) / count_parameters(policy), 2)}
     return metrics
 

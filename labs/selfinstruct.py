@@ -5,7 +5,8 @@ fine-tuned again on the seeds and everything kept (Self-Instruct, Wang et al. 20
     just lab selfinstruct
     dvc exp run -S selfinstruct.rouge_threshold=0.7
 
-1. The seeds. `seeds_per_family` chats per family of sft_train: the only human-written data in the loop.
+1. The seeds. `seeds_per_family` chats per family of world_sft_train (the task world's chats,
+   whatever data.source): the only human-written data in the loop.
 2. The seed-only model (round 0). The vanilla LM, `distill`'s pretrained student (fine-tunes 5x faster than the SFT
    model's base, so a round takes seconds), is fine-tuned on the seeds and on writing chats: "Write a new task like
    these:" and `demonstrations` pool tasks, answered with another pool task. The paper's GPT-3 writes tasks from
@@ -55,7 +56,7 @@ class SelfInstructParams(TrainParams):
     """The seed set, the rounds of writing and filtering, and the fine-tune every model gets."""
 
     seeds_per_family: int = Field(250, gt=0)
-    """seed chats per family, drawn from sft_train (the loop's only human-written data)"""
+    """seed chats per family, drawn from world_sft_train (the loop's only human-written data)"""
     writing_chats: int = Field(400, ge=0)
     """chats per fine-tune that teach writing a task from `demonstrations` pool tasks"""
     demonstrations: int = Field(3, gt=0)
@@ -178,15 +179,15 @@ def writing_chats(pool: list[str], count: int, demonstrations: int, rng: random.
 
 
 def seed_tasks(params: Params, seed: int) -> list[dict]:
-    rows = read_jsonl(PREPARED / "sft_train.jsonl", "sft")
+    rows = read_jsonl(PREPARED / "world_sft_train.jsonl", "sft")
     rng, cfg = random.Random(f"{seed}:selfinstruct:seeds"), params.selfinstruct
     chosen, families = [], [f for f in FAMILIES if any(r.get("family") == f for r in rows)]
     if not families:
-        raise DataError(f"{PREPARED / 'sft_train.jsonl'}: no rows of the families {', '.join(FAMILIES)}")
+        raise DataError(f"{PREPARED / 'world_sft_train.jsonl'}: no rows of the families {', '.join(FAMILIES)}")
     for family in families:
         mine = [r for r in rows if r.get("family") == family]
         if len(mine) < cfg.seeds_per_family:
-            raise DataError(f"{PREPARED / 'sft_train.jsonl'}: {len(mine)} {family} rows, fewer than "
+            raise DataError(f"{PREPARED / 'world_sft_train.jsonl'}: {len(mine)} {family} rows, fewer than "
                             f"selfinstruct.seeds_per_family = {cfg.seeds_per_family}")
         chosen += [{"prompt": r["prompt"], "completion": r["completion"]}
                    for r in rng.sample(mine, cfg.seeds_per_family)]
@@ -225,7 +226,7 @@ def keep(model, tokenizer, params: Params, tasks: list[str], answers: list[str],
 
 
 def held_out_em(model, tokenizer, params: Params) -> float:
-    return exact_match(*held_out_answers(model, tokenizer, params))["overall"]
+    return exact_match(*held_out_answers(model, tokenizer, params, "world_sft_test"))["overall"]
 
 
 def loop(params: Params, seed: int, tokenizer, val: list[dict], held_out: set[str], out: Path | None) -> list[dict]:
@@ -277,8 +278,8 @@ def run(params: Params) -> dict:
                         f"{cfg.samples}: self_consistency would keep nothing")
     tokenizer = load_tokenizer(BASE)
     val = [{"prompt": r["prompt"], "completion": r["completion"]}
-           for r in read_jsonl(PREPARED / "sft_val.jsonl", "sft") if r.get("family") in FAMILIES]
-    held_out = {r["prompt"] for r in read_jsonl(PREPARED / "sft_test.jsonl", "sft")}
+           for r in read_jsonl(PREPARED / "world_sft_val.jsonl", "sft") if r.get("family") in FAMILIES]
+    held_out = {r["prompt"] for r in read_jsonl(PREPARED / "world_sft_test.jsonl", "sft")}
     runs = []
     with atomic_path(OUT) as tmp:
         for seed in cfg.seeds:

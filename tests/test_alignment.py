@@ -214,7 +214,7 @@ def test_selfinstruct_filters_drop_repeats_held_out_prompts_and_near_duplicates(
 def test_selfinstruct_checker_is_the_task_worlds_answer(built):
     from labs.core.data import read_jsonl
     from labs.selfinstruct import reference
-    rows = read_jsonl(built / "data/prepared/sft_test.jsonl", "sft")
+    rows = read_jsonl(built / "data/prepared/world_sft_test.jsonl", "sft")
     assert rows and all(reference(r["prompt"]) == r["answer"] for r in rows)
 
 
@@ -235,7 +235,7 @@ def test_selfinstruct_rounds_keep_what_their_filter_passes(built):
             assert r["pool"] == pool
         tasks = [json.loads(line) for line in (built / f"models/selfinstruct/{filt}/tasks.jsonl").open()]
         assert len(tasks) == pool
-        test = {json.loads(line)["prompt"] for line in (built / "data/prepared/sft_test.jsonl").open()}
+        test = {json.loads(line)["prompt"] for line in (built / "data/prepared/world_sft_test.jsonl").open()}
         assert not test & {t["prompt"] for t in tasks}, "no held-out prompt is trained on"
     checked = [r for r in rounds if r["filter"] == "checker" and r["kept"]]
     assert checked and all(r["kept_right"] == 100.0 for r in checked), "the checker keeps right answers only"

@@ -10,7 +10,7 @@ import yaml
 
 from labs.core.convert import convert
 from labs.core.data import DataError, read_jsonl
-from tests.conftest import ROOT, lab
+from tests.conftest import ROOT, SPINE, build_order, lab, make_workspace, run, run_in_parallel
 
 
 def jsonl(path, rows):
@@ -270,6 +270,8 @@ def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(work
     env = {"HF_DATASETS_CACHE": str(tmp_path / "cache")}
     untouched = {p.name: p.read_bytes() for p in (workspace / "data/raw").glob("*.jsonl")
                  if p.stem.startswith(("domain", "arith", "safety"))}
+    world = {f"world_{name}.jsonl": (workspace / f"data/raw/{name}.jsonl").read_bytes()
+             for kind in ("sft", "preference", "rl") for name in (kind, f"{kind}_test")}
 
     proc = lab("data", cwd=workspace, env=env)
     raw = workspace / "data/raw"
@@ -287,6 +289,7 @@ def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(work
     assert "data: preference from" in proc.stdout and "skipped 1" in proc.stdout
     assert {p.name: p.read_bytes() for p in raw.glob("*.jsonl") if p.stem.startswith(("domain", "arith", "safety"))} \
         == untouched, "the files no real kind replaces stay the task world's"
+    assert {name: (raw / name).read_bytes() for name in world} == world, "the task world's files, kept apart"
 
     before = {p.name: p.read_bytes() for p in raw.iterdir()}
     lab("data", cwd=workspace, env=env)
@@ -294,6 +297,10 @@ def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(work
 
     proc = lab("prepare", cwd=workspace)
     assert "preference_test=40" in proc.stdout and "rl_test=30" in proc.stdout, proc.stdout
+    prepared = workspace / "data/prepared"
+    assert all((prepared / name).read_bytes() == world[name] for name in world if name.endswith("_test.jsonl"))
+    assert {r["family"] for r in read_jsonl(prepared / "world_sft_train.jsonl", "sft")} == {"add", "sort"}
+    assert not any("family" in r for r in read_jsonl(prepared / "sft_train.jsonl", "sft")), "Alpaca has none"
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -337,8 +344,9 @@ def test_a_text_column_drops_its_empty_rows_without_counting_them_as_failures(tm
 
 def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(workspace, tmp_path):
     """Issue 32's pipeline on the CPU tier: real-format files through data, prepare, tokenizer, pretrain, sft,
-    reward, dpo, grpo and evaluate, each on a few steps (a tiny model shows that the pipeline runs, not quality).
-    Dolly's categories are the sft file's families, so the held-out rows each lab scored are told apart."""
+    reward, dpo, grpo and evaluate, each on a few steps (a tiny model shows that the pipeline runs, not quality),
+    then the labs that keep the task world's chats (continual, mixing) and label. Dolly's categories are the sft
+    file's families, so the held-out rows each lab scored are told apart."""
     rng = random.Random(4)
     categories = ("open_qa", "summarization")
     dolly = jsonl(tmp_path / "dolly.jsonl", [
@@ -387,3 +395,70 @@ def test_real_files_train_sft_reward_dpo_and_grpo_and_evaluate_scores_them(works
     # the same greedy replies to GSM8K's split, scored by grpo after training and by evaluate from its saved model
     assert models["grpo"]["rl_exact_match"] == grpo["exact_match"]["overall"]
     assert "rl EM %" in proc.stdout
+
+    # the labs whose method needs the task world's families train on its chats, kept apart (world_sft_*), as on
+    # the GPU tiers, whose default is a real source: a step or two each shows they run on a real source's project
+    lab("continual", "-S", "continual.steps_per_task=2", *short, cwd=workspace)
+    continual = json.loads((workspace / "metrics/continual.json").read_text())
+    assert continual["order"] == ["add", "sort"] and set(continual["sequential"]["families"]) == {"add", "sort"}
+    lab("mixing", "-S", "mixing.steps_per_task=2", *short, cwd=workspace)
+    assert json.loads((workspace / "metrics/mixing.json").read_text())["families"] == ["add", "sort"]
+    # label pairs the real prompts for people; real pairs have no answer to check, and the switch is named
+    pairs = workspace / "data/labels/pairs.jsonl"
+    failed = lab("label", *short, cwd=workspace, check=False)
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "-S label.checker=false" in failed.stderr and not pairs.exists()
+    lab("label", "-S", "label.checker=false", "-S", "label.pairs=4", *short, cwd=workspace)
+    label = json.loads((workspace / "metrics/label.json").read_text())
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert label["pairs"] == len(rows) == 4 and label["checker"] is None
+    prompts = {r["prompt"] for r in read_jsonl(workspace / "data/prepared/preference_train.jsonl", "preference")}
+    assert all(r["checker"] is None and r["prompt"] in prompts for r in rows), "HH-RLHF's prompts, unchecked"
+
+
+# What a real source needs of the labs that default to the task world's checker or its answers: the GPU tiers set
+# each of these beside `data.source: real`, and the whole-curriculum run below sets them on the CPU tier.
+REAL_SOURCE_SWITCHES = {"reward.pairs": "dataset", "dpo.pairs": "dataset", "label.checker": False,
+                        "rlaif.policy_sft.max_steps": 300}
+
+
+def test_the_gpu_tiers_read_the_seeds_datasets_with_the_switches_a_real_source_needs():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert params["data"]["source"] == "task_world", "the CPU tier needs no network"
+    for tier in ("t4", "a100"):
+        assert params["data"]["tiers"][tier]["source"] == "real"
+        for key, value in REAL_SOURCE_SWITCHES.items():
+            section, *path = key.split(".")
+            node = params[section]["tiers"][tier]
+            for part in path:
+                node = node[part]
+            assert node == value, f"{section}.tiers.{tier}.{'.'.join(path)}"
+
+
+@pytest.mark.real_curriculum
+def test_every_stage_runs_on_a_real_source(tmp_path):
+    """The GPU tiers' default on the CPU tier: the tiny curriculum's every stage, in `built`'s order, on real-format
+    files (Alpaca, HH-RLHF, GSM8K, a text corpus) with the switches above. The labs whose method needs the task
+    world's families or checker read its files kept apart (world_*). ~16 min on 2 cores: `python -m pytest -m
+    real_curriculum` (not in `just test`)."""
+    ws = make_workspace(tmp_path / "ws")
+    rng = random.Random(2)
+    alpaca = jsonl(tmp_path / "alpaca_data.jsonl", [
+        {"instruction": sentence(rng), "input": "" if i % 2 else sentence(rng), "output": sentence(rng)}
+        for i in range(300)])
+    real_files(ws, tmp_path, rng, alpaca, "alpaca",
+               {"corpus": (150, 0), "sft": (250, 40), "preference": (200, 40), "rl": (100, 20)})
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    for key, value in REAL_SOURCE_SWITCHES.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["just", "data"], cwd=ws, env={"HF_DATASETS_CACHE": str(tmp_path / "cache")})
+    run(["dvc", "repro", SPINE[-1]], cwd=ws, timeout=900)
+    run_in_parallel(ws, build_order(ws), done=set(SPINE))  # fails naming the first stage that stops
+    assert json.loads((ws / "metrics/grpo.json").read_text())["exact_match"].keys() == {"all", "overall"}
+    families = json.loads((ws / "metrics/mixing.json").read_text())["families"]
+    assert families == ["add", "sort"], "mixing on the task world's chats, not Alpaca's"

@@ -162,9 +162,9 @@ def held_out_scores(model, tokenizer, params: Section) -> tuple[dict, list[str]]
     return scores, completions
 
 
-def held_out_answers(model, tokenizer, params: Section) -> tuple[list[dict], list[str]]:
-    """The held-out test rows and `model`'s greedy completions of their prompts."""
-    test = read_jsonl(PREPARED / "sft_test.jsonl", "sft")
+def held_out_answers(model, tokenizer, params: Section, name: str = "sft_test") -> tuple[list[dict], list[str]]:
+    """The held-out test rows (data/prepared/`name`.jsonl) and `model`'s greedy completions of their prompts."""
+    test = read_jsonl(PREPARED / f"{name}.jsonl", "sft")
     completions, _ = generate(model, tokenizer, [r["prompt"] for r in test],
                               params.evaluate.max_new_tokens, params.evaluate.batch_size)
     return test, completions

@@ -8,7 +8,8 @@ The stage answers training prompts (the preference file's, in a seeded order) wi
 `label.models`, sampled at `temperature`: the same model twice gives two samples of it, the pairs RLHF labellers
 compare. A prompt whose two answers are the same text is skipped: there is nothing to prefer. Each pair keeps
 the checker's verdict (the task world knows the right answer), which the page never shows, so the summary can
-say how often people agree with it. metrics/label.json: pairs built, prompts tried, identical answers skipped,
+say how often people agree with it; real preference data (the GPU tiers') has no answer to check, and with
+`checker: false` only people judge. metrics/label.json: pairs built, prompts tried, identical answers skipped,
 and the checker's verdicts (pairs where one answer is right and the other wrong are the ones that teach).
 
 The page (labs/label/server.py) shows each labeller the pairs in this order, sides randomized per labeller and
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from labs.core.config import SEED, ConfigError, Section, Seed, view
+from labs.core.config import SEED, ConfigError, Section, Seed, Tier, view
 from labs.core.data import DataError, read_jsonl, write_jsonl
 from labs.core.evaluation import MeasureParams, extract_answer, generate, is_correct
 
@@ -40,6 +41,8 @@ class LabelParams(Section):
     """training prompts tried at most, in a seeded order"""
     temperature: float | None = Field(1.0, gt=0)
     """sampling temperature of both answers; null: greedy (two different models only)"""
+    checker: bool = True
+    """keep the task world's verdict on each pair; false for real preference data, which has no answer to check"""
 
     @model_validator(mode="after")
     def _two_answers(self):
@@ -55,6 +58,7 @@ class Params(Section):
     """What label reads from params.yaml."""
 
     seed: Seed = SEED
+    tier: Tier = "cpu"
     label: LabelParams = LabelParams()
     evaluate: Measurement = Measurement()
 
@@ -79,25 +83,27 @@ def run(params: Params) -> dict:
     models = [load_model(path, ev.precision) for path in paths]
     rows = read_jsonl(PREPARED / "preference_train.jsonl", "preference")
     order = random.Random(params.seed).sample(rows, min(cfg.prompts, len(rows)))
+    golds = [extract_answer(row["chosen"]) if cfg.checker else None for row in order]
+    if cfg.checker and None in golds:  # before sampling: a file without answers to check fails at once
+        row = order[golds.index(None)]
+        raise DataError(f"{PREPARED / 'preference_train.jsonl'}: chosen {row['chosen'][:60]!r} has no 'Answer:' for "
+                        "the checker (real preference data has none: -S label.checker=false)")
 
     # answered a few batches at a time until enough pairs differ: a good model agrees with itself often
     pairs, tried, identical, chunk = [], 0, 0, 4 * ev.batch_size
     for start in range(0, len(order), chunk):
-        batch = order[start:start + chunk]
+        batch, batch_golds = order[start:start + chunk], golds[start:start + chunk]
         answers = [generate(model, tokenizer, [r["prompt"] for r in batch], ev.max_new_tokens, ev.batch_size,
                             temperature=cfg.temperature, seed=params.seed + 2 * start + side)[0]
                    for side, model in enumerate(models)]
-        for row, a, b in zip(batch, *answers, strict=True):
+        for row, gold, a, b in zip(batch, batch_golds, *answers, strict=True):
             tried += 1
             if a == b:
                 identical += 1
                 continue
-            gold = extract_answer(row["chosen"])
-            if gold is None:
-                raise DataError(f"{PREPARED / 'preference_train.jsonl'}: chosen {row['chosen'][:60]!r} has no "
-                                "'Answer:' for the checker")
             pairs.append({"pair": f"p{len(pairs):04d}", "prompt": row["prompt"], "family": row.get("family", "all"),
-                          "answers": [a, b], "models": list(cfg.models), "checker": checker_verdict(a, b, gold)})
+                          "answers": [a, b], "models": list(cfg.models),
+                          "checker": checker_verdict(a, b, gold) if cfg.checker else None})
             if len(pairs) == cfg.pairs:
                 break
         if len(pairs) == cfg.pairs:
@@ -106,10 +112,13 @@ def run(params: Params) -> dict:
         raise ConfigError(f"label: the two answers were the same for all {tried} prompts tried: raise "
                           "label.temperature or compare two different models")
     write_jsonl(OUT, pairs)
+    metrics = {"models": list(cfg.models), "pairs": len(pairs), "prompts_tried": tried, "identical_answers": identical}
+    line = f"label: {len(pairs)} pairs from {tried} prompts ({identical} gave one answer twice)"
+    if not cfg.checker:
+        print(f"{line}; no checker: only people judge them")
+        return metrics | {"checker": None, "checker_decisive_pct": None}
     checker = Counter(p["checker"] for p in pairs)
-    metrics = {"models": list(cfg.models), "pairs": len(pairs), "prompts_tried": tried,
-               "identical_answers": identical, "checker": {v: checker[v] for v in ("a", "b", "tie", "both_bad")},
-               "checker_decisive_pct": round(100 * (checker["a"] + checker["b"]) / len(pairs), 2)}
-    print(f"label: {len(pairs)} pairs from {tried} prompts ({identical} gave one answer twice); the checker can "
-          f"tell {metrics['checker_decisive_pct']}% of them apart")
+    metrics |= {"checker": {v: checker[v] for v in ("a", "b", "tie", "both_bad")},
+                "checker_decisive_pct": round(100 * (checker["a"] + checker["b"]) / len(pairs), 2)}
+    print(f"{line}; the checker can tell {metrics['checker_decisive_pct']}% of them apart")
     return metrics

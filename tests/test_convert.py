@@ -260,11 +260,16 @@ def real_files(ws, tmp_path, rng: random.Random, sft, sft_format: str, rows: dic
                 rl={"dataset": str(gsm), "config": "main", "format": "gsm8k", "test": "test", **sizes["rl"]})
 
 
-def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(workspace, tmp_path):
-    rng = random.Random(2)
-    alpaca = jsonl(tmp_path / "alpaca_data.jsonl", [
+def alpaca_file(tmp_path, rng: random.Random):
+    """300 tatsu-lab/alpaca rows, every other one with an empty `input`."""
+    return jsonl(tmp_path / "alpaca_data.jsonl", [
         {"instruction": sentence(rng), "input": "" if i % 2 else sentence(rng), "output": sentence(rng)}
         for i in range(300)])
+
+
+def test_a_real_source_replaces_the_task_world_files_and_prepare_takes_them(workspace, tmp_path):
+    rng = random.Random(2)
+    alpaca = alpaca_file(tmp_path, rng)
     real_files(workspace, tmp_path, rng, alpaca, "alpaca",
                {"corpus": (100, 0), "sft": (200, 50), "preference": (200, 40), "rl": (150, 30)})
     env = {"HF_DATASETS_CACHE": str(tmp_path / "cache")}
@@ -443,9 +448,7 @@ def test_every_stage_runs_on_a_real_source(tmp_path):
     real_curriculum` (not in `just test`)."""
     ws = make_workspace(tmp_path / "ws")
     rng = random.Random(2)
-    alpaca = jsonl(tmp_path / "alpaca_data.jsonl", [
-        {"instruction": sentence(rng), "input": "" if i % 2 else sentence(rng), "output": sentence(rng)}
-        for i in range(300)])
+    alpaca = alpaca_file(tmp_path, rng)
     real_files(ws, tmp_path, rng, alpaca, "alpaca",
                {"corpus": (150, 0), "sft": (250, 40), "preference": (200, 40), "rl": (100, 20)})
     params = yaml.safe_load((ws / "params.yaml").read_text())

@@ -9,12 +9,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from filelock import FileLock
+from forked import Server
 
 from labs.core import kernels
 from labs.registry import LABS
@@ -133,9 +135,11 @@ FAST = {kernels.FAST_SWITCH: "1"}
 def lab_env(env: dict | None = None) -> dict:
     """The environment every command a test runs gets: under pytest-xdist two workers share the two cores, one
     torch thread per lab each, where two threads each only fought over them; fast kernels unless `env` pins them
-    (this process's own `import labs` set the pins in os.environ, so they are dropped first)."""
+    (this process's own `import labs` set the pins in os.environ, so they are dropped first, with pytest's name of
+    the running test: it would set every test's commands apart from the fork server's)."""
     threads = {"LAB_THREADS": "1"} if parallel() else {}
-    inherited = {name: value for name, value in os.environ.items() if name not in kernels.PINS}
+    dropped = {*kernels.PINS, "PYTEST_CURRENT_TEST"}
+    inherited = {name: value for name, value in os.environ.items() if name not in dropped}
     return {**inherited, **ENV, **threads, "PYTHONDONTWRITEBYTECODE": "1", **FAST, **(env or {})}
 
 
@@ -147,8 +151,49 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
     return proc
 
 
+_fork_server: Server | None = None
+
+
+def fork_server() -> Server:
+    """This pytest process's fork server (tests/forked.py), in the environment of a command that passes no `env`."""
+    global _fork_server
+    if _fork_server is None:
+        _fork_server = Server(lab_env())
+    return _fork_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fork_server_started(request):
+    """The server imports the libraries (~25 s of a core) while the first tests run, not when the first lab waits;
+    not for the image tests, whose labs run in the image."""
+    if any(item.get_closest_marker("image") is None for item in request.session.items):
+        fork_server().ensure_running()
+
+
+def start_lab(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path):
+    """`python -m labs ARGS` in `cwd`, its output in files: forked from the fork server when `env` is the server's,
+    else a subprocess. Either answers poll(), wait(), kill() and returncode."""
+    if fork_server().matches(env):
+        return fork_server().start(args, cwd, env, stdout, stderr)
+    out = stdout.open("w")
+    err = out if stderr == stdout else stderr.open("w")
+    with out, err:
+        return subprocess.Popen([sys.executable, "-m", "labs", *args], cwd=cwd, env=env, stdout=out, stderr=err)
+
+
 def lab(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "labs", *args], cwd=cwd, check=check, env=env)
+    """`python -m labs ARGS`. A command expected to fail (check=False) runs as a subprocess: its error output is read
+    as a user sees it, from a fresh interpreter, messages of the libraries' imports and all."""
+    command = [sys.executable, "-m", "labs", *args]
+    if not check:
+        return run(command, cwd=cwd, check=False, env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        stdout, stderr = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        code = start_lab(list(args), cwd, lab_env(env), stdout, stderr).wait()
+        proc = subprocess.CompletedProcess(command, code, stdout.read_text(), stderr.read_text())
+    if code != 0:
+        raise AssertionError(f"{' '.join(command)} exited {code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
 
 
 def free_port() -> int:
@@ -229,9 +274,8 @@ def run_in_parallel(ws: Path, stages: list[str], done: set[str], slots: int = 2,
     try:
         while waiting or running:
             for stage in [s for s in waiting if after[s] <= done][:slots - len(running)]:
-                log = (ws / f".{stage}.log").open("w")
-                running[stage] = (subprocess.Popen([sys.executable, "-m", "labs", stage], cwd=ws, env=env,
-                                                   stdout=log, stderr=log), log)
+                log = ws / f".{stage}.log"
+                running[stage] = (start_lab([stage], ws, env, log, log), log)
                 waiting.remove(stage)
             if not running:
                 raise AssertionError(f"stages whose upstream never ran: {waiting}")
@@ -241,15 +285,13 @@ def run_in_parallel(ws: Path, stages: list[str], done: set[str], slots: int = 2,
             for stage, (proc, log) in list(running.items()):
                 if proc.poll() is None:
                     continue
-                log.close()
                 del running[stage]
                 if proc.returncode != 0:
-                    raise AssertionError(f"{stage} exited {proc.returncode}\n{Path(log.name).read_text()[-3000:]}")
+                    raise AssertionError(f"{stage} exited {proc.returncode}\n{log.read_text()[-3000:]}")
                 done.add(stage)
     finally:  # a failed or late stage stops the others: nothing keeps running after the build has failed
-        for proc, log in running.values():
+        for proc, _ in running.values():
             proc.kill()
-            log.close()
 
 
 def build(ws: Path) -> None:

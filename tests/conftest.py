@@ -13,10 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import forked
 import pytest
 import yaml
 from filelock import FileLock
-from forked import Server
 
 from labs.core import kernels
 from labs.registry import LABS
@@ -151,15 +151,10 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None,
     return proc
 
 
-_fork_server: Server | None = None
-
-
-def fork_server() -> Server:
-    """This pytest process's fork server (tests/forked.py), in the environment of a command that passes no `env`."""
-    global _fork_server
-    if _fork_server is None:
-        _fork_server = Server(lab_env())
-    return _fork_server
+def fork_server() -> forked.Server:
+    """This pytest process's fork server (tests/forked.py), in the environment of a command that passes no `env`
+    (first asked for by `fork_server_started`, before any test changes os.environ)."""
+    return forked.server(lab_env())
 
 
 @pytest.fixture(scope="session", autouse=True)

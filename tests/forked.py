@@ -124,6 +124,18 @@ class Server:
         return Forked(process)
 
 
+_server: Server | None = None
+
+
+def server(env: dict) -> Server:
+    """This process's one fork server, in the environment of the first call: conftest.py is imported twice (as
+    `conftest` by pytest, as `tests.conftest` by the test modules), and both must fork from the same server."""
+    global _server
+    if _server is None:
+        _server = Server(env)
+    return _server
+
+
 class Forked:
     """The handful of subprocess.Popen's methods the suite uses, for a forked lab."""
 

@@ -179,8 +179,9 @@ def start_lab(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path)
 
 
 def lab(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m labs ARGS`. A command expected to fail (check=False) runs as a subprocess: its error output is read
-    as a user sees it, from a fresh interpreter, messages of the libraries' imports and all."""
+    """`python -m labs ARGS`, forked from the fork server where its environment allows (`start_lab`). A command
+    expected to fail (check=False) runs as a subprocess: its error output is read as a user sees it, from a fresh
+    interpreter, messages of the libraries' imports and all."""
     command = [sys.executable, "-m", "labs", *args]
     if not check:
         return run(command, cwd=cwd, check=False, env=env)
@@ -230,8 +231,8 @@ def make_workspace(path: Path, overrides: dict = TINY) -> Path:
 
 # DVC's repository lock lets one `dvc repro` run at a time, and DVC runs stages one by one. So `built` runs the
 # stages up to pretrain through `dvc repro`, then every later stage through the same CLI that DVC calls
-# (`python -m labs NAME`), two at a time, one thread each, each as soon as the stages it reads from are done:
-# on two cores that halves the wait. `dvc commit` then records their outputs in dvc.lock, and
+# (`python -m labs NAME`, forked: `start_lab`), two at a time, one thread each, each as soon as the stages it reads
+# from are done: on two cores that halves the wait. `dvc commit` then records their outputs in dvc.lock, and
 # test_dvc_repro_right_after_is_a_noop checks that DVC agrees nothing is left to run.
 SPINE = ["prepare", "tokenizer", "pretrain"]
 

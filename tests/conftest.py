@@ -157,20 +157,24 @@ def fork_server() -> forked.Server:
     return forked.server(lab_env())
 
 
+def forking() -> bool:
+    """Whether labs may be forked from the fork server; LAB_TEST_FORK=0 makes every lab a subprocess (what the
+    server saves: docs/decisions.md)."""
+    return os.environ.get("LAB_TEST_FORK", "1") != "0"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fork_server_started(request):
     """The server imports the libraries (~25 s of a core) while the first tests run, not when the first lab waits;
     not for the image tests, whose labs run in the image."""
-    if os.environ.get("LAB_TEST_FORK", "1") != "0" and any(item.get_closest_marker("image") is None
-                                                           for item in request.session.items):
+    if forking() and any(item.get_closest_marker("image") is None for item in request.session.items):
         fork_server().ensure_running()
 
 
 def start_lab(args: list[str], cwd: Path, env: dict, stdout: Path, stderr: Path):
     """`python -m labs ARGS` in `cwd`, its output in files: forked from the fork server when `env` is the server's,
-    else a subprocess. Either answers poll(), wait(), kill() and returncode. LAB_TEST_FORK=0 makes every lab a
-    subprocess (what the server saves: docs/decisions.md)."""
-    if os.environ.get("LAB_TEST_FORK", "1") != "0" and fork_server().matches(env):
+    else a subprocess. Either answers poll(), wait(), kill() and returncode."""
+    if forking() and fork_server().matches(env):
         return fork_server().start(args, cwd, env, stdout, stderr)
     out = stdout.open("w")
     err = out if stderr == stdout else stderr.open("w")

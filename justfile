@@ -17,8 +17,9 @@ torch_cpu_links := env("TORCH_CPU_LINKS", "https://download.pytorch.org/whl/cpu/
 default:
     @just --list --unsorted
 
-# the whole CPU tier at once: the environment and llama.cpp (each recipe otherwise sets up what it needs itself)
-setup: _env llama-cpp
+# the whole CPU tier at once: the environment, llama.cpp's bindings and its server (each recipe otherwise sets up
+# what it needs itself)
+setup: _env llama-cpp llama-server
 
 # .venv from the lock CI and the cpu image install, unless it is already the lock's (its hash is stamped in it)
 _env:
@@ -45,7 +46,8 @@ _env:
 # Its Python bindings are compiled from the lock's source release for the portable AVX2 baseline
 # (docker/llama-cpp.env) into a wheel kept in build/llama-cpp-wheel/ with the stamp of its pin and flags: a new
 # .venv installs it again without compiling, and CI's image test installs the same wheel (tests/test_image.py).
-# Its HF->GGUF converter comes from the same release, into build/llama.cpp/.
+# The compile's CMake tree stays in build/llama-cpp-tree/ (~280 MB) until `just llama-server` builds the server
+# on its objects. Its HF->GGUF converter comes from the same release, into build/llama.cpp/.
 # llama.cpp for the GGUF rows of `quantize` (built the first time a recipe needs it)
 llama-cpp: _env
     #!/usr/bin/env bash
@@ -59,17 +61,21 @@ llama-cpp: _env
     mkdir -p build
     [ -f "$sdist" ] || pip download --quiet --no-deps --no-binary :all: --require-hashes --dest build -r <(echo "$pin")
     if [ -z "${LAB_VENV:-}" ] && [ "$(cat .venv/.llama-cpp-sha256 2>/dev/null)" != "$stamp" ]; then
-        wheels=build/llama-cpp-wheel
+        wheels=build/llama-cpp-wheel tree=build/llama-cpp-tree
         if [ "$(cat "$wheels/.stamp" 2>/dev/null)" != "$stamp" ]; then
             echo "compiling llama.cpp $version for the GGUF rows of quantize: once, ~4 min on 2 cores" >&2
             start=$SECONDS
-            rm -rf "$wheels"
+            rm -rf "$wheels" "$tree"
+            # the sdist above, its hash checked again: it may have been put there by hand
+            grep -q "sha256:$(sha256sum "$sdist" | cut -d' ' -f1)" <<<"$pin" \
+                || { echo "error: $sdist: its sha256 is not the one docker/locks/ci.txt pins" >&2; exit 1; }
+            mkdir -p "$tree/src" && tar -xzf "$sdist" -C "$tree/src" --strip-components=1
             set -a; . docker/llama-cpp.env; set +a
-            # the sdist above, its hash checked again; no cache: a wheel compiled with other flags is never reused
-            hashes=$(grep -o -- '--hash=sha256:[0-9a-f]*' <<<"$pin" | tr '\n' ' ')
-            pip wheel --quiet --no-cache-dir --no-deps --require-hashes --wheel-dir "$wheels" \
-                -r <(echo "$PWD/$sdist $hashes")
+            # no cache: a wheel compiled with other flags is never reused; the CMake tree kept for llama-server
+            pip wheel --quiet --no-cache-dir --no-deps --wheel-dir "$wheels" \
+                --config-settings=build-dir="$PWD/$tree/cmake" "$tree/src"
             echo "$stamp" > "$wheels/.stamp"
+            echo "$stamp" > "$tree/.stamp"
             echo "llama.cpp is built ($((SECONDS - start)) s)" >&2
         fi
         pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-"$version"-*.whl
@@ -84,7 +90,9 @@ llama-cpp: _env
     echo "$version" > build/llama.cpp/.version
 
 # llama.cpp's own HTTP server (OpenAI API, continuous batching), from the same source release as the bindings and
-# with the same portable flags (docker/llama-cpp.env); statically linked, no curl (it serves local GGUF files only)
+# with the same portable flags (docker/llama-cpp.env); no curl (it serves local GGUF files only). It is built in
+# the bindings' CMake tree, so llama.cpp's libraries are compiled once for both (~2 min instead of ~5; a tree of
+# its own where the bindings were compiled elsewhere), and ships beside them in build/llama-server/.
 # llama-server for the serving lab (compiled the first time it is asked for)
 llama-server: llama-cpp
     #!/usr/bin/env bash
@@ -93,21 +101,30 @@ llama-server: llama-cpp
     stamp=$(cat build/llama.cpp/.version docker/llama-cpp.env | sha256sum | cut -d' ' -f1)
     [ "$(cat build/llama-server/.stamp 2>/dev/null)" != "$stamp" ] || exit 0
     command -v cmake >/dev/null || { echo "llama-server: cmake and a C++ compiler are needed (apt install cmake g++)" >&2; exit 1; }
-    echo "compiling llama-server $version: once, ~5 min on 2 cores" >&2
-    start=$SECONDS
     sdist=build/llama_cpp_python-$version.tar.gz
     # the source release llama-cpp downloaded and keeps; fetched again by it if removed since
     [ -f "$sdist" ] || { rm -f build/llama.cpp/.version; just llama-cpp; }
+    pin=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' docker/locks/ci.txt)
+    tree=build/llama-cpp-tree
+    if [ "$(cat "$tree/.stamp" 2>/dev/null)" != "$(cat <(echo "$pin") docker/llama-cpp.env | sha256sum | cut -d' ' -f1)" ]; then
+        echo "compiling llama-server $version with llama.cpp's libraries: once, ~6 min on 2 cores" >&2
+        rm -rf "$tree" && mkdir -p "$tree/src"
+        tar -xzf "$sdist" -C "$tree/src" --strip-components=1
+    else
+        echo "compiling llama-server $version on the bindings' llama.cpp: once, ~2 min on 2 cores" >&2
+    fi
+    start=$SECONDS
     set -a; . docker/llama-cpp.env; set +a
-    CMAKE_ARGS=${CMAKE_ARGS//-DLLAVA_BUILD=OFF/}  # the bindings' own option; the server needs mtmd and builds it
-    rm -rf build/llama-server && mkdir -p build/llama-server/src
-    tar -xzf "$sdist" -C build/llama-server/src --strip-components=3 llama_cpp_python-$version/vendor/llama.cpp
+    # the bindings' project with llama.cpp's tools on, of which only the server is built (LLAVA_BUILD=OFF stays:
+    # the tools add mtmd themselves). $ORIGIN: the server finds the libraries beside it once the tree is gone.
     # shellcheck disable=SC2086 # CMAKE_ARGS is a list of flags
-    cmake -S build/llama-server/src -B build/llama-server/cmake -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF $CMAKE_ARGS > build/llama-server.log
-    cmake --build build/llama-server/cmake --target llama-server -j "$(nproc)" >> build/llama-server.log
-    mv build/llama-server/cmake/bin/llama-server build/llama-server/
-    rm -rf build/llama-server/src build/llama-server/cmake
+    cmake -S "$tree/src" -B "$tree/cmake" -DCMAKE_BUILD_TYPE=Release $CMAKE_ARGS -DLLAMA_BUILD_TOOLS=ON \
+        -DLLAMA_BUILD_SERVER=ON '-DCMAKE_BUILD_RPATH=$ORIGIN' > build/llama-server.log 2>&1
+    cmake --build "$tree/cmake" --target llama-server -j "$(nproc)" >> build/llama-server.log
+    rm -rf build/llama-server && mkdir build/llama-server
+    cp -P "$tree"/cmake/bin/llama-server "$tree"/cmake/bin/lib*.so* build/llama-server/
+    rm -rf "$tree"
+    build/llama-server/llama-server --version >> build/llama-server.log 2>&1  # it loads without the tree
     echo "$stamp" > build/llama-server/.stamp
     echo "llama-server is built ($((SECONDS - start)) s): build/llama-server/llama-server" >&2
 

@@ -107,7 +107,7 @@ TINY = {
 # LLAMA_CPP_DIR: the workspaces are copies without build/; `just llama-cpp` put the converter in this checkout's.
 # LAB_VENV: the `just` recipes a test runs use this environment, not a .venv of their own in each workspace.
 # LAB_VLLM_VENV, LAB_LLAMA_SERVER: serve's engines, built once in this checkout by `just test`'s dependencies
-# (`just vllm-env`, `just llama-server`: ~1 and ~5 min the first time, then reused while their inputs stay).
+# (`just vllm-env`, `just llama-server`: ~1 and ~2 min the first time, then reused while their inputs stay).
 ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "LAB_VENV": sys.prefix,
        "LLAMA_CPP_DIR": os.environ.get("LLAMA_CPP_DIR", str(ROOT / "build" / "llama.cpp")),
        "LAB_VLLM_VENV": os.environ.get("LAB_VLLM_VENV", str(ROOT / ".venv-vllm")),

@@ -91,7 +91,7 @@ llama-cpp: _env
 
 # llama.cpp's own HTTP server (OpenAI API, continuous batching), from the same source release as the bindings and
 # with the same portable flags (docker/llama-cpp.env); no curl (it serves local GGUF files only). It is built in
-# the bindings' CMake tree, so llama.cpp's libraries are compiled once for both (~2 min instead of ~5; a tree of
+# the bindings' CMake tree, so llama.cpp's libraries are compiled once for both (~2 min instead of ~6 for a tree of
 # its own where the bindings were compiled elsewhere), and ships beside them in build/llama-server/.
 # llama-server for the serving lab (compiled the first time it is asked for)
 llama-server: llama-cpp

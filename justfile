@@ -75,7 +75,8 @@ llama-cpp: _env
             pip wheel --quiet --no-cache-dir --no-deps --wheel-dir "$wheels" \
                 --config-settings=build-dir="$PWD/$tree/cmake" "$tree/src"
             echo "$stamp" > "$wheels/.stamp"
-            echo "$stamp" > "$tree/.stamp"
+            # in llama-server's terms: the release it unpacks and the flags
+            echo "$version" | cat - docker/llama-cpp.env | sha256sum | cut -d' ' -f1 > "$tree/.stamp"
             echo "llama.cpp is built ($((SECONDS - start)) s)" >&2
         fi
         pip install --quiet --no-deps --force-reinstall "$wheels"/llama_cpp_python-"$version"-*.whl
@@ -104,9 +105,8 @@ llama-server: llama-cpp
     sdist=build/llama_cpp_python-$version.tar.gz
     # the source release llama-cpp downloaded and keeps; fetched again by it if removed since
     [ -f "$sdist" ] || { rm -f build/llama.cpp/.version; just llama-cpp; }
-    pin=$(awk '/^llama-cpp-python==/ {p = 1} p {print} p && !/\\$/ {exit}' docker/locks/ci.txt)
     tree=build/llama-cpp-tree
-    if [ "$(cat "$tree/.stamp" 2>/dev/null)" != "$(cat <(echo "$pin") docker/llama-cpp.env | sha256sum | cut -d' ' -f1)" ]; then
+    if [ "$(cat "$tree/.stamp" 2>/dev/null)" != "$stamp" ]; then
         echo "compiling llama-server $version with llama.cpp's libraries: once, ~6 min on 2 cores" >&2
         rm -rf "$tree" && mkdir -p "$tree/src"
         tar -xzf "$sdist" -C "$tree/src" --strip-components=1
